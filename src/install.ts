@@ -20,6 +20,8 @@ export interface InstallOptions {
   /** An already connected client; used as is and left open. */
   client?: pg.Client;
   log?: (line: string) => void;
+  /** Folder of migration files; defaults to the package's sql/. */
+  migrationsDir?: string;
 }
 
 export interface InstallResult {
@@ -74,10 +76,10 @@ async function ensureVector(client: pg.Client): Promise<string> {
   return ensureVector(client);
 }
 
-async function checkUnchanged(client: pg.Client): Promise<void> {
+async function checkUnchanged(client: pg.Client, dir: string): Promise<void> {
   const exists = await client.query(`select to_regclass('regen.migrations') is not null as present`);
   if (!exists.rows[0].present) return;
-  const files = await loadMigrationFiles(SQL_DIR);
+  const files = await loadMigrationFiles(dir);
   const applied = await client.query<{ id: number; name: string; hash: string }>(
     'select id, name, hash from regen.migrations order by id');
   for (const row of applied.rows) {
@@ -96,12 +98,13 @@ async function checkUnchanged(client: pg.Client): Promise<void> {
 
 export async function install(options: InstallOptions = {}): Promise<InstallResult> {
   const log = options.log ?? (() => {});
+  const dir = options.migrationsDir ?? SQL_DIR;
   return withClient(options, async (client) => {
     await client.query('select pg_advisory_lock(hashtext($1))', [INSTALL_LOCK]);
     const previousPath = (await client.query<{ search_path: string }>('show search_path')).rows[0]!.search_path;
     try {
       const vectorSchema = await ensureVector(client);
-      await checkUnchanged(client);
+      await checkUnchanged(client, dir);
       const before = await appliedNames(client);
       await client.query('create schema if not exists regen');
       await client.query(`create table if not exists regen.migrations (
@@ -113,7 +116,7 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
       await client.query(`select set_config('search_path', $1, false)`,
         [`regen, ${pg.escapeIdentifier(vectorSchema)}`]);
       try {
-        await migrate({ client }, SQL_DIR, { logger: (line) => log(line) });
+        await migrate({ client }, dir, { logger: (line) => log(line) });
       } catch (err) {
         throw new PgregenError(`installing the schema failed: ${(err as Error).message}`,
           'nothing of the failed migration was kept; fix the cause and run pgregen install again');

@@ -1,0 +1,138 @@
+// The installer: postgres-migrations made safe beside another tool's `migrations` table, concurrent
+// installs, re-runs, modified migrations, and an uninstall that leaves user data alone.
+import { cp, mkdtemp, appendFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
+import pg from 'pg';
+import { afterAll, describe, expect, inject, it } from 'vitest';
+import { install, uninstall, SQL_DIR } from '../src/install.ts';
+import { quoteIdent, withDatabase } from './support/url.ts';
+import { adminPool } from './support/db.ts';
+
+const admin = adminPool();
+const created: string[] = [];
+
+/** A database with pgvector but without pgregen (the shared template already has pgregen). */
+async function emptyDatabase(): Promise<{ url: string; pool: pg.Pool }> {
+  const name = `pgregen_install_${randomBytes(4).toString('hex')}`;
+  await admin.query(`create database ${quoteIdent(name)} template template0`);
+  created.push(name);
+  const url = withDatabase(inject('serverUrl'), name);
+  const pool = new pg.Pool({ connectionString: url, max: 4 });
+  await pool.query('create extension vector');
+  return { url, pool };
+}
+
+afterAll(async () => {
+  for (const name of created) await admin.query(`drop database if exists ${quoteIdent(name)} with (force)`);
+  await admin.end();
+});
+
+const ALL = ['tables', 'versions', 'sources', 'store', 'gap_views'];
+
+describe('install', () => {
+  it('applies every migration into schema regen and is a no-op when run again', async () => {
+    const { url, pool } = await emptyDatabase();
+    const first = await install({ connectionString: url });
+    expect(first.applied).toEqual(ALL);
+    expect(first.alreadyApplied).toEqual([]);
+
+    const fingerprint = () => pool.query(
+      `select count(*)::int as objects, max(xmin::text::bigint) as newest from pg_class
+        where relnamespace = 'regen'::regnamespace`);
+    const before = (await fingerprint()).rows[0];
+    const second = await install({ connectionString: url });
+    expect(second.applied).toEqual([]);
+    expect(second.alreadyApplied).toEqual(ALL);
+    expect((await fingerprint()).rows[0]).toEqual(before);
+    const ids = await pool.query('select id from regen.migrations order by id');
+    expect(ids.rows.map((r) => r.id)).toEqual([0, 1, 2, 3, 4, 5]);
+    await pool.end();
+  });
+
+  it('leaves another tool\'s public.migrations table untouched', async () => {
+    const { url, pool } = await emptyDatabase();
+    // TypeORM's default bookkeeping table, with a row of its own.
+    await pool.query(`create table public.migrations (id serial primary key, "timestamp" bigint not null, name varchar not null)`);
+    await pool.query(`insert into public.migrations ("timestamp", name) values (1700000000000, 'CreateUsers1700000000000')`);
+    const columnsBefore = await pool.query(
+      `select column_name, data_type from information_schema.columns where table_schema = 'public' and table_name = 'migrations' order by ordinal_position`);
+
+    const result = await install({ connectionString: url });
+    expect(result.applied).toEqual(ALL);
+
+    const rows = await pool.query('select id, "timestamp", name from public.migrations');
+    expect(rows.rows).toEqual([{ id: 1, timestamp: '1700000000000', name: 'CreateUsers1700000000000' }]);
+    const columnsAfter = await pool.query(
+      `select column_name, data_type from information_schema.columns where table_schema = 'public' and table_name = 'migrations' order by ordinal_position`);
+    expect(columnsAfter.rows).toEqual(columnsBefore.rows);
+    const ours = await pool.query('select count(*)::int as n from regen.migrations');
+    expect(ours.rows[0].n).toBe(ALL.length + 1);
+    // and a second run still sees only its own table
+    expect((await install({ connectionString: url })).applied).toEqual([]);
+    await pool.end();
+  });
+
+  it('lets two installers started at the same moment both succeed, applying each migration once', async () => {
+    const { url, pool } = await emptyDatabase();
+    const [a, b] = await Promise.all([install({ connectionString: url }), install({ connectionString: url })]);
+    expect([...a.applied, ...b.applied].sort()).toEqual([...ALL].sort());
+    expect(a.applied.length === 0 || b.applied.length === 0).toBe(true);
+    const counts = await pool.query('select id, count(*)::int as n from regen.migrations group by id order by id');
+    expect(counts.rows.every((r) => r.n === 1)).toBe(true);
+    expect(counts.rows).toHaveLength(ALL.length + 1);
+    await pool.end();
+  });
+
+  it('refuses with a clear error when an applied migration file was modified, changing nothing', async () => {
+    const { url, pool } = await emptyDatabase();
+    await install({ connectionString: url });
+    const dir = await mkdtemp(join(tmpdir(), 'pgregen-sql-'));
+    try {
+      await cp(SQL_DIR, dir, { recursive: true });
+      await appendFile(join(dir, '0003_sources.sql'), '\n-- an innocent-looking edit\n');
+      await expect(install({ connectionString: url, migrationsDir: dir })).rejects.toThrow(
+        /migration 0003_sources\.sql was changed after it was applied to this database \(applied hash [0-9a-f]{40}, file hash [0-9a-f]{40}\)/);
+      const err = await install({ connectionString: url, migrationsDir: dir }).catch((e) => e);
+      expect(err.hint).toMatch(/restore the original file and put the change in a new sql\/NNNN_name\.sql/);
+      const ids = await pool.query('select count(*)::int as n from regen.migrations');
+      expect(ids.rows[0].n).toBe(ALL.length + 1);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+    await pool.end();
+  });
+
+  it('says what to do when the database cannot be reached', async () => {
+    await expect(install({ connectionString: 'postgres://nobody@127.0.0.1:1/nothing' }))
+      .rejects.toMatchObject({ message: expect.stringMatching(/^cannot connect to the database: /), hint: expect.stringMatching(/DATABASE_URL/) });
+  });
+});
+
+describe('uninstall', () => {
+  it('removes schema regen and every trigger it put on user tables, leaving tables and rows untouched', async () => {
+    const { url, pool } = await emptyDatabase();
+    await install({ connectionString: url });
+    await pool.query(`create table public.notes (id int primary key, body text)`);
+    await pool.query(`insert into public.notes select g, 'note ' || g from generate_series(1, 50) g`);
+    await pool.query(`select regen.create_version('t@1', 'm', 3)`);
+    await pool.query(`select regen.register_source('notes', 'public.notes', 'id', 'body', version => 't@1')`);
+    const triggers = () => pool.query(`select tgname from pg_trigger where tgrelid = 'public.notes'::regclass and not tgisinternal`);
+    expect((await triggers()).rows).toHaveLength(4);
+
+    const result = await uninstall({ connectionString: url });
+    expect(result).toEqual({ sources: ['notes'], removed: true });
+    expect((await triggers()).rows).toHaveLength(0);
+    expect((await pool.query(`select to_regnamespace('regen') as ns`)).rows[0].ns).toBeNull();
+    expect((await pool.query('select count(*)::int as n, sum(id)::int as s from public.notes')).rows[0]).toEqual({ n: 50, s: 1275 });
+    // writes to the table work without pgregen
+    await pool.query(`update public.notes set body = 'changed' where id = 1`);
+    // pgvector stays: it is not pgregen's to remove
+    expect((await pool.query(`select count(*)::int as n from pg_extension where extname = 'vector'`)).rows[0].n).toBe(1);
+    expect(await uninstall({ connectionString: url })).toEqual({ sources: [], removed: false });
+    // and it installs again from scratch
+    expect((await install({ connectionString: url })).applied).toEqual(ALL);
+    await pool.end();
+  });
+});
