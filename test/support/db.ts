@@ -39,8 +39,16 @@ export async function freshDatabase(label?: string): Promise<TestDatabase> {
     close,
     async drop() {
       await close();
-      // FORCE: a client the test opened itself and forgot must not keep the database alive.
-      await withAdmin((admin) => admin.query(`DROP DATABASE IF EXISTS ${quoteIdent(name)} WITH (FORCE)`));
+      // pool.end() resolves before the server has seen every socket close; give the backends a
+      // moment to go, so FORCE (for a client the test opened itself and forgot) kills nobody we own.
+      await withAdmin(async (admin) => {
+        for (let attempt = 0; attempt < 20; attempt++) {
+          const { rows } = await admin.query('select count(*)::int as n from pg_stat_activity where datname = $1', [name]);
+          if (rows[0].n === 0) break;
+          await new Promise((resolve) => setTimeout(resolve, 50));
+        }
+        await admin.query(`DROP DATABASE IF EXISTS ${quoteIdent(name)} WITH (FORCE)`);
+      });
     },
   };
 }
