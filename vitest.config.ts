@@ -11,5 +11,7 @@ export default defineConfig({
     // Each file works in its own database, so files can run side by side; 2 matches the 2-core CI box.
     fileParallelism: true,
     maxWorkers: 2,
+    // vitest's own summary, plus one plain "tests: N passed, N failed" line for CI
+    reporters: ['default', './test/support/summary-reporter.ts'],
   },
 });

@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { loadMigrationFiles, migrate } from 'postgres-migrations';
 import { PgregenError } from './errors.ts';
+import { connect } from './connect.ts';
 
 export const SQL_DIR = fileURLToPath(new URL('../sql/', import.meta.url));
 
@@ -43,13 +44,7 @@ async function withClient<T>(options: InstallOptions, fn: (client: pg.Client) =>
   if (!options.connectionString) {
     throw new PgregenError('no database given', 'set DATABASE_URL or pass --database-url postgres://user@host/db');
   }
-  const client = new pg.Client({ connectionString: options.connectionString, application_name: 'pgregen install' });
-  try {
-    await client.connect();
-  } catch (err) {
-    throw new PgregenError(`cannot connect to the database: ${(err as Error).message}`,
-      'check DATABASE_URL (host, port, user, database) and that the server is running');
-  }
+  const client = await connect(options.connectionString, 'pgregen install');
   try {
     return await fn(client);
   } finally {

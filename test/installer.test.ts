@@ -106,7 +106,7 @@ describe('install', () => {
 
   it('says what to do when the database cannot be reached', async () => {
     await expect(install({ connectionString: 'postgres://nobody@127.0.0.1:1/nothing' }))
-      .rejects.toMatchObject({ message: expect.stringMatching(/^cannot connect to the database: /), hint: expect.stringMatching(/DATABASE_URL/) });
+      .rejects.toMatchObject({ message: expect.stringMatching(/^cannot connect to the database at 127.0.0.1:1\/nothing: /), hint: expect.stringMatching(/DATABASE_URL/) });
   });
 });
 
