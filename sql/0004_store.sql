@@ -3,7 +3,11 @@
 -- Error code of this file: RG020 malformed write_embeddings call (arrays of different lengths).
 
 -- Gap counters: each statement on regen._items appends its net change per
--- (source, version, tenant, state, queued). Set-based: one insert per statement.
+-- (source, version, tenant, state, queued). Set-based: one insert per statement. Every 1,000th
+-- statement also folds the deltas (regen.compact_gap), so the view stays fast with no worker
+-- running; a sequence counts statements because it takes no lock and never rolls back.
+create sequence regen._gap_ticks;
+
 create function regen.tg_items__count() returns trigger
 language plpgsql
 as $$
@@ -28,6 +32,9 @@ begin
     ) d
     group by 1, 2, 3, 4, 5
     having sum(n) <> 0;
+  end if;
+  if nextval('regen._gap_ticks') % 1000 = 0 then
+    perform regen.compact_gap();
   end if;
   return null;
 end

@@ -146,6 +146,24 @@ describe('change capture', () => {
   });
 });
 
+describe('gap counters', () => {
+  beforeEach(reset);
+
+  it('fold themselves every 1,000 statements, with no worker running, and stay exact', async () => {
+    await db.query(`select regen.compact_gap()`);
+    for (let i = 0; i < 1_100; i++) {
+      await db.query(`update articles set body = $1 where id = $2`, [`edit ${i}`, (i % 30) + 1]);
+    }
+    const deltas = await db.query('select count(*)::int as n from regen._gap_deltas');
+    expect(deltas.rows[0].n).toBeLessThan(1_000);
+    expect((await db.query('select count(*)::int as n from regen._gap_counts')).rows[0].n).toBeGreaterThan(0);
+    expect(await gap(db)).toEqual({ expected: 30, current: 0, missing: 30, stale: 0, outdated: 0, failed: 0 });
+    await embedRows(db, await allRowIds(db));
+    await db.query(`update articles set body = 'again' where id <= 4`);
+    expect(await gap(db)).toEqual({ expected: 30, current: 26, missing: 0, stale: 4, outdated: 0, failed: 0 });
+  });
+});
+
 describe('bad input leaves nothing behind', () => {
   beforeEach(async () => {
     await reset();
