@@ -63,7 +63,7 @@ create table regen._items (
   last_error text,
   attempts integer not null default 0,
   has_legacy boolean not null default false,  -- another version holds a vector for this row
-  queued boolean not null default false,
+  queue_job uuid,                     -- the pg-boss job this item waits in (see regen._enqueue)
   changed_at timestamptz not null default now(),
   primary key (source_id, version_id, row_id)
 ) with (fillfactor = 80);

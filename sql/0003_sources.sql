@@ -156,7 +156,9 @@ declare
   v_alias text := (select c.relname from pg_class c where c.oid = s.relation);
   v_old_ids text;
 begin
+  -- the upsert, then fresh edits go to the queue at once (regen._enqueue takes only items that need work)
   v_upsert := format($f$
+      with up as (
       insert into regen._items as it (source_id, version_id, row_id, tenant, priority, content_hash)
       select %1$s, sv.version_id, c.row_id, c.tenant, c.priority, c.content_hash
       from (%2$s) c cross join regen._source_versions sv
@@ -165,7 +167,9 @@ begin
         set tenant = excluded.tenant, priority = excluded.priority,
             content_hash = excluded.content_hash, changed_at = now()
         where (it.tenant, it.priority, it.content_hash)
-              is distinct from (excluded.tenant, excluded.priority, excluded.content_hash)$f$,
+              is distinct from (excluded.tenant, excluded.priority, excluded.content_hash)
+      returning it.row_id)
+      select regen._enqueue(%1$s, null, coalesce(array_agg(distinct up.row_id), '{}'), true) into v_enqueued from up$f$,
     s.id, regen._capture_select(s, 'new_rows'));
   v_old_ids := format('select (%I.%I)::text as row_id from old_rows as %I', v_alias, s.id_column, v_alias);
 
@@ -173,6 +177,8 @@ begin
     create function %1$s() returns trigger
     language plpgsql security definer set search_path = %2$s
     as $body$
+    declare
+      v_enqueued bigint;
     begin
       if tg_op = 'INSERT' then
         %3$s;

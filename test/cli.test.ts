@@ -27,9 +27,9 @@ keepOnFailure(db);
 describe('pgregen CLI', () => {
   it('install is idempotent and says so', async () => {
     const run = await pgregen(['install'], { DATABASE_URL: db.url });
-    expect(run).toMatchObject({ code: 0, stdout: 'schema regen is up to date (5 migrations applied earlier)\n' });
+    expect(run).toMatchObject({ code: 0, stdout: 'schema regen is up to date (7 migrations applied earlier)\n' });
     const json = await pgregen(['install', '--json', '--database-url', db.url]);
-    expect(JSON.parse(json.stdout)).toEqual({ applied: [], alreadyApplied: ['tables', 'versions', 'sources', 'store', 'gap_views'] });
+    expect(JSON.parse(json.stdout)).toEqual({ applied: [], alreadyApplied: ['tables', 'versions', 'sources', 'queue', 'store', 'gap_views', 'rebuild'] });
   });
 
   it('gap --json prints the rows of regen.embedding_gap', async () => {

@@ -29,7 +29,7 @@ afterAll(async () => {
   await admin.end();
 });
 
-const ALL = ['tables', 'versions', 'sources', 'store', 'gap_views'];
+const ALL = ['tables', 'versions', 'sources', 'queue', 'store', 'gap_views', 'rebuild'];
 
 describe('install', () => {
   it('applies every migration into schema regen and is a no-op when run again', async () => {
@@ -47,7 +47,7 @@ describe('install', () => {
     expect(second.alreadyApplied).toEqual(ALL);
     expect((await fingerprint()).rows[0]).toEqual(before);
     const ids = await pool.query('select id from regen.migrations order by id');
-    expect(ids.rows.map((r) => r.id)).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(ids.rows.map((r) => r.id)).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
     await pool.end();
   });
 

@@ -14,20 +14,20 @@ as $$
 begin
   if tg_op = 'INSERT' then
     insert into regen._gap_deltas (source_id, version_id, tenant, state, queued, n)
-    select source_id, version_id, tenant, regen._state(content_hash, embedded_hash, failed_hash, has_legacy), queued, count(*)
+    select source_id, version_id, tenant, regen._state(content_hash, embedded_hash, failed_hash, has_legacy), queue_job is not null, count(*)
     from new_rows group by 1, 2, 3, 4, 5;
   elsif tg_op = 'DELETE' then
     insert into regen._gap_deltas (source_id, version_id, tenant, state, queued, n)
-    select source_id, version_id, tenant, regen._state(content_hash, embedded_hash, failed_hash, has_legacy), queued, -count(*)
+    select source_id, version_id, tenant, regen._state(content_hash, embedded_hash, failed_hash, has_legacy), queue_job is not null, -count(*)
     from old_rows group by 1, 2, 3, 4, 5;
   else
     insert into regen._gap_deltas (source_id, version_id, tenant, state, queued, n)
     select source_id, version_id, tenant, state, queued, sum(n)
     from (
-      select source_id, version_id, tenant, regen._state(content_hash, embedded_hash, failed_hash, has_legacy) as state, queued, 1 as n
+      select source_id, version_id, tenant, regen._state(content_hash, embedded_hash, failed_hash, has_legacy) as state, queue_job is not null as queued, 1 as n
       from new_rows
       union all
-      select source_id, version_id, tenant, regen._state(content_hash, embedded_hash, failed_hash, has_legacy), queued, -1
+      select source_id, version_id, tenant, regen._state(content_hash, embedded_hash, failed_hash, has_legacy), queue_job is not null, -1
       from old_rows
     ) d
     group by 1, 2, 3, 4, 5
@@ -71,6 +71,7 @@ begin
   )
   select coalesce(sum(folded), 0) into v_folded from net;
   delete from regen._gap_counts where n = 0;
+  delete from regen._progress where minute < now() - interval '1 hour';
   return v_folded;
 end
 $$;
@@ -88,7 +89,7 @@ begin
     select distinct version_id, source_id, row_id from new_rows
   ), done as (
     update regen._items it
-       set embedded_hash = it.content_hash, failed_hash = null, last_error = null, queued = false, changed_at = now()
+       set embedded_hash = it.content_hash, failed_hash = null, last_error = null, changed_at = now()
       from touched t
      where it.source_id = t.source_id and it.version_id = t.version_id and it.row_id = t.row_id
        and it.plan_hash = it.content_hash
@@ -98,9 +99,13 @@ begin
              where e.version_id = it.version_id and e.source_id = it.source_id and e.row_id = it.row_id
                and e.content_hash = it.content_hash and e.chunk_no <= cardinality(it.chunk_hashes))
     returning it.version_id, it.source_id, it.row_id, cardinality(it.chunk_hashes) as chunks
+  ), extra as (
+    delete from regen._embeddings e using done d
+    where e.version_id = d.version_id and e.source_id = d.source_id and e.row_id = d.row_id and e.chunk_no > d.chunks
   )
-  delete from regen._embeddings e using done d
-  where e.version_id = d.version_id and e.source_id = d.source_id and e.row_id = d.row_id and e.chunk_no > d.chunks;
+  insert into regen._progress (source_id, version_id, minute, items)
+  select d.source_id, d.version_id, date_trunc('minute', now()), count(*)
+  from done d group by 1, 2;
   return null;
 end
 $$;
@@ -162,7 +167,7 @@ create trigger _200_release_truncate after truncate on regen._embeddings
 -- the cache) without a provider call. Returns what is left to embed. Rows already current, gone or
 -- filtered out return nothing. When several rows share a text, only the first carries `input`; the
 -- others have input null and take the vector of the same text_hash.
-create function regen.prepare_inputs(source text, version text, row_ids text[])
+create function regen.prepare_inputs(source text, version text, row_ids text[], job_id uuid default null, force boolean default false)
 returns table (row_id text, chunk_no integer, content_hash bytea, text_hash bytea, input text)
 language plpgsql volatile
 as $$
@@ -177,6 +182,13 @@ begin
       using errcode = 'RG001', hint = 'see regen.embedding_gap for the versions each source uses';
   end if;
 
+  -- The job has started: its items wait in no queue any more, so an edit from now on queues them again.
+  if job_id is not null then
+    update regen._items it set queue_job = null
+     where it.source_id = v_source.id and it.version_id = v_version.id
+       and it.row_id = any(prepare_inputs.row_ids) and it.queue_job = prepare_inputs.job_id;
+  end if;
+
   -- One statement, so the settle trigger of the cache-hit insert sees the recorded plan.
   perform set_config('search_path', v_source.expression_search_path, true);
   return query execute format($f$
@@ -189,7 +201,7 @@ begin
       from texts r
       join regen._items it on it.source_id = $2 and it.version_id = $3 and it.row_id = r.row_id
       cross join lateral regen.chunk_text(regen.preprocess(r.content, $4), $5, $6) ch
-      where it.embedded_hash is distinct from sha256(convert_to(r.content, 'UTF8'))
+      where $7 or it.embedded_hash is distinct from sha256(convert_to(r.content, 'UTF8'))
     ), recorded as (
       -- the chunks that make up the current text (written only where it changed)
       update regen._items it
@@ -202,14 +214,14 @@ begin
     ), todo as (
       -- chunks not already stored under the current text
       select p.* from plan p
-      where not exists (select 1 from regen._embeddings e
+      where $7 or not exists (select 1 from regen._embeddings e
                         where e.version_id = $3 and e.source_id = $2 and e.row_id = p.row_id and e.chunk_no = p.chunk_no
                           and e.text_hash = p.text_hash and e.content_hash = p.content_hash)
     ), known as (
       -- the cache: any vector of the same text in the store, else one that left the store
-      select t.*, coalesce(
+      select t.*, case when not $7 then coalesce(
                (select e.embedding from regen._embeddings e where e.version_id = $3 and e.text_hash = t.text_hash limit 1),
-               (select c.embedding from regen._cache c where c.version_id = $3 and c.text_hash = t.text_hash)) as embedding
+               (select c.embedding from regen._cache c where c.version_id = $3 and c.text_hash = t.text_hash)) end as embedding
       from todo t
     ), stored as (
       insert into regen._embeddings as e (version_id, source_id, row_id, chunk_no, tenant, content_hash, text_hash, embedding)
@@ -229,12 +241,13 @@ begin
     (select c.relname from pg_class c where c.oid = v_source.relation), v_source.id_column,
     v_source.content_expression, v_source.relation, v_source.id_type)
   using row_ids, v_source.id, v_version.id, v_version.settings,
-        (v_version.settings->>'chunk_chars')::integer, (v_version.settings->>'chunk_overlap')::integer;
+        (v_version.settings->>'chunk_chars')::integer, (v_version.settings->>'chunk_overlap')::integer, force;
   perform set_config('search_path', v_old_path, true);
 end
 $$;
-comment on function regen.prepare_inputs(text, text, text[]) is
-  'Worker-facing: turns row ids into provider inputs for a version, settling cache hits without a provider call';
+comment on function regen.prepare_inputs(text, text, text[], uuid, boolean) is
+  'Worker-facing: turns row ids into provider inputs for a version, settling cache hits without a provider call; '
+  'job_id (the pg-boss job being worked) takes the items out of the queue; force re-embeds current rows and skips the cache';
 
 -- Worker-facing: stores vectors that still match their source. Vectors arrive concatenated in one
 -- real[] (`embeddings`), the i-th being lengths[i] long, so NaN and wrong sizes can be judged per item
@@ -308,8 +321,7 @@ as $$
   ), poisoned as (
     -- a vector the provider got wrong fails its item for this text; a new text gets a new chance
     update regen._items it
-       set failed_hash = it.content_hash, last_error = j.reason, attempts = it.attempts + 1,
-           queued = false, changed_at = now()
+       set failed_hash = it.content_hash, last_error = j.reason, attempts = it.attempts + 1, changed_at = now()
       from (select distinct on (j.row_id) j.source_id, j.version_id, j.row_id, j.content_hash, j.reason
               from judged j
              where j.reason like 'expected % dimensions, not %' or j.reason like 'NaN%'
@@ -322,9 +334,16 @@ as $$
     select write_embeddings.source, write_embeddings.version, j.row_id, j.chunk_no, j.reason
     from judged j where j.reason is not null
     returning 1
+  ), requeued as (
+    -- a row edited while its batch was in flight goes back to the queue, as a fresh edit
+    select regen._enqueue(a.source_id, a.version_id,
+                          coalesce((select array_agg(distinct j.row_id) from judged j where j.reason like 'stale:%'), '{}'),
+                          true) as n
+    from args a where a.source_id is not null and a.version_id is not null
   )
   select j.row_id, j.chunk_no, j.reason is null, j.reason
   from judged j
+  left join requeued on true
   order by j.ord;
 $$;
 comment on function regen.write_embeddings(text, text, text[], integer[], bytea[], integer[], real[]) is
@@ -342,8 +361,9 @@ as $$
      where it.source_id = s.id and it.version_id = v.id and it.failed_hash is not null
        and (retry_failed.source is null or s.name = retry_failed.source)
        and (retry_failed.version is null or v.tag = retry_failed.version)
-    returning 1
+    returning it.source_id, it.version_id, it.row_id
   )
-  select count(*) from cleared
+  select coalesce(sum(regen._enqueue(c.source_id, c.version_id, c.rows, true)), 0)::bigint
+  from (select source_id, version_id, array_agg(row_id) as rows from cleared group by 1, 2) c
 $$;
-comment on function regen.retry_failed(text, text) is 'Clears failures (of one source and version, or all) so the items are embedded again';
+comment on function regen.retry_failed(text, text) is 'Clears failures (of one source and version, or all) and enqueues the items again; returns how many were enqueued';

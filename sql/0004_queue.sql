@@ -1,0 +1,135 @@
+-- The rebuild queue: items are enqueued into pg-boss (queue `regen_embed`, created by the
+-- installer) as jobs of up to 64 rows of one source, version and API key, in priority order.
+--
+-- Job priority (pg-boss serves higher first, then older):
+--   fresh edits   1,000,000,000 + weight rank * 1,000       ahead of every backfill
+--   backfill      weight rank * 1,000,000 + 999,999 - batch  hot batches first within a source
+-- where the weight rank of a source is the number of distinct smaller weights among the sources.
+--
+-- An item waits in at most one job: regen._items.queue_job names it, and only items without a
+-- live job are enqueued. The worker's regen.prepare_inputs() clears queue_job when the job starts,
+-- so an edit that lands while the batch is in flight queues the item once more.
+--
+-- No error codes of its own.
+
+-- Tenants that bring their own API key: the key itself never enters the database, only the name
+-- of the environment variable (or secret file) the worker reads it from.
+create table regen._tenant_keys (
+  tenant text primary key,
+  api_key_ref text not null check (api_key_ref ~ '^[A-Za-z_][A-Za-z0-9_]{0,127}$'),
+  updated_at timestamptz not null default now()
+);
+
+-- Items settled per minute, for the rate and ETA in regen.rebuild_progress; appended by the
+-- settle trigger, pruned by regen.compact_gap().
+create table regen._progress (
+  source_id integer not null,
+  version_id integer not null,
+  minute timestamptz not null,
+  items bigint not null
+);
+create index _progress_minute on regen._progress (minute);
+
+create function regen._weight_rank(source_id integer)
+returns integer
+language sql stable
+as $$
+  select count(distinct o.weight)::integer from regen._sources o
+  where o.weight < (select s.weight from regen._sources s where s.id = _weight_rank.source_id)
+$$;
+comment on function regen._weight_rank(integer) is 'Number of distinct source weights below this source''s weight (0 = lightest)';
+
+-- Marks items as queued and inserts their jobs; returns how many items were enqueued. Of the given
+-- rows only items that need work (missing, stale, outdated; everything with force) and wait in no
+-- job are taken, locked first so two enqueuers never take the same item. version_id null means
+-- every version the source uses.
+create function regen._enqueue(
+  source_id integer, version_id integer, row_ids text[], fresh boolean, force boolean default false
+)
+returns bigint
+language plpgsql volatile
+as $$
+declare
+  v_rank integer := regen._weight_rank(_enqueue.source_id);
+  v_count bigint;
+  v_salt text := gen_random_uuid()::text;
+begin
+  with candidates as materialized (
+    select it.version_id, it.row_id, it.priority, coalesce(k.api_key_ref, '') as key_ref
+    from regen._source_versions sv
+    join regen._items it on it.source_id = sv.source_id and it.version_id = sv.version_id
+    left join regen._tenant_keys k on k.tenant = it.tenant
+    where sv.source_id = _enqueue.source_id
+      and (_enqueue.version_id is null or sv.version_id = _enqueue.version_id)
+      and it.row_id = any(_enqueue.row_ids)          -- primary-key probes per version
+      and it.queue_job is null
+      and (_enqueue.force or (it.embedded_hash is distinct from it.content_hash
+                              and it.failed_hash is distinct from it.content_hash))
+    for update of it
+  ), batched as (
+    -- job ids are derived from (statement salt, version, key, batch): no join needed to assign them
+    select n.*, md5(v_salt || '/' || n.version_id || '/' || n.key_ref || '/' || n.batch_no)::uuid as job_id
+    from (select c.*, (row_number() over (partition by c.version_id, c.key_ref order by c.priority desc, c.row_id) - 1) / 64 as batch_no
+            from candidates c) n
+  ), jobs as (
+    select b.version_id, b.key_ref, b.batch_no, b.job_id,
+           array_agg(b.row_id order by b.priority desc, b.row_id) as rows
+    from batched b group by b.version_id, b.key_ref, b.batch_no, b.job_id
+  ), marked as (
+    -- driven by the assignments, one primary-key lookup each
+    update regen._items it set queue_job = a.job_id
+      from batched a
+     where it.source_id = _enqueue.source_id and it.version_id = a.version_id and it.row_id = a.row_id
+    returning 1
+  ), inserted as (
+    insert into pgboss.job (id, name, data, priority, retry_limit, retry_delay, retry_backoff, retry_delay_max,
+                            expire_seconds, deletion_seconds, keep_until, policy, dead_letter, heartbeat_seconds)
+    select j.job_id, q.name,
+           jsonb_build_object('source', s.name, 'version', v.tag, 'rows', to_jsonb(j.rows),
+                              'key', nullif(j.key_ref, ''), 'force', _enqueue.force, 'fresh', _enqueue.fresh),
+           case when _enqueue.fresh then 1000000000 + v_rank * 1000
+                else v_rank * 1000000 + 999999 - least(j.batch_no, 999999)::integer end,
+           q.retry_limit, q.retry_delay, q.retry_backoff, q.retry_delay_max,
+           q.expire_seconds, q.deletion_seconds, now() + q.retention_seconds * interval '1 second',
+           q.policy, q.dead_letter, q.heartbeat_seconds
+    from jobs j
+    cross join pgboss.queue q
+    join regen._sources s on s.id = _enqueue.source_id
+    join regen._versions v on v.id = j.version_id
+    where q.name = 'regen_embed'
+    returning 1
+  )
+  select (select count(*) from marked) into v_count;
+  return v_count;
+end
+$$;
+comment on function regen._enqueue(integer, integer, text[], boolean, boolean) is
+  'Enqueues items that need work and wait in no job into pg-boss, in priority order; returns the number of items';
+
+-- Items whose job is gone (failed for good, expired, deleted) are free to be enqueued again.
+-- The dead job ids are read first and cleared by value, so an item re-queued meanwhile keeps its new job.
+create function regen._release_dead_jobs(source_id integer)
+returns bigint
+language plpgsql volatile
+as $$
+declare
+  v_dead uuid[];
+  v_count bigint;
+begin
+  select array_agg(distinct it.queue_job) into v_dead
+  from regen._items it
+  where it.source_id = _release_dead_jobs.source_id and it.queue_job is not null
+    and not exists (select 1 from pgboss.job j
+                    where j.name = 'regen_embed' and j.id = it.queue_job
+                      and j.state in ('created', 'retry', 'active'));
+  if v_dead is null then
+    return 0;
+  end if;
+  update regen._items it set queue_job = null
+   where it.source_id = _release_dead_jobs.source_id and it.queue_job = any(v_dead);
+  get diagnostics v_count = row_count;
+  return v_count;
+end
+$$;
+comment on function regen._release_dead_jobs(integer) is 'Frees items whose pg-boss job no longer exists or has ended';
+
