@@ -1,5 +1,9 @@
 -- pgregen: the private tables. The public interface is the functions and views of later files;
 -- everything here starts with an underscore and may change between releases.
+--
+-- Functions on the write path say `set jit = off`: the planner prices their CTEs over transition
+-- tables and arrays far above their real size, and JIT compilation then costs close to a second
+-- per call, a hundred times the work itself.
 
 -- Needs pgvector: the installer creates the extension (in its own schema, never in regen) first.
 

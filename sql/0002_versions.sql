@@ -22,7 +22,7 @@ $$;
 comment on function regen._version_id(text) is 'Id of a version tag; raises RG001 when unknown';
 
 -- Fills in defaults and validates; the result is what is stored and compared.
-create function regen._version_settings(settings jsonb, dimensions integer)
+create function regen._version_settings(settings jsonb, dimensions integer, model text)
 returns jsonb
 language plpgsql immutable
 as $$
@@ -36,15 +36,17 @@ begin
   end if;
   select string_agg(k, ', ') into v_unknown
   from jsonb_object_keys(settings) k
-  where k not in ('chunk_chars', 'chunk_overlap', 'whitespace', 'lowercase', 'distance', 'max_input_tokens');
+  where k not in ('chunk_chars', 'chunk_overlap', 'whitespace', 'lowercase', 'distance', 'max_input_tokens', 'send_dimensions');
   if v_unknown is not null then
     raise exception 'unknown version setting(s): %', v_unknown
       using errcode = 'RG003',
-            hint = 'known settings: chunk_chars, chunk_overlap, whitespace (collapse|keep), lowercase, distance (cosine|l2|inner_product), max_input_tokens';
+            hint = 'known settings: chunk_chars, chunk_overlap, whitespace (collapse|keep), lowercase, distance (cosine|l2|inner_product), max_input_tokens, send_dimensions';
   end if;
   v := jsonb_build_object(
     'chunk_chars', 2000, 'chunk_overlap', 200, 'whitespace', 'collapse', 'lowercase', false,
-    'distance', 'cosine', 'max_input_tokens', 8191) || settings;
+    'distance', 'cosine', 'max_input_tokens', 8191,
+    -- text-embedding-3 models shorten their vectors when asked; most other models refuse the field
+    'send_dimensions', coalesce(model, '') ~ '^text-embedding-3') || settings;
   if jsonb_typeof(v->'chunk_chars') <> 'number' or (v->>'chunk_chars')::numeric not between 100 and 1000000
      or (v->>'chunk_chars')::numeric <> trunc((v->>'chunk_chars')::numeric) then
     raise exception 'chunk_chars must be an integer between 100 and 1000000, not %', v->'chunk_chars' using errcode = 'RG003';
@@ -66,6 +68,9 @@ begin
   if jsonb_typeof(v->'max_input_tokens') <> 'number' or (v->>'max_input_tokens')::numeric < 1 then
     raise exception 'max_input_tokens must be a positive integer, not %', v->'max_input_tokens' using errcode = 'RG003';
   end if;
+  if jsonb_typeof(v->'send_dimensions') <> 'boolean' then
+    raise exception 'send_dimensions must be true or false, not %', v->'send_dimensions' using errcode = 'RG003';
+  end if;
   if dimensions > 4000 then
     raise exception 'version with % dimensions cannot be indexed: pgvector indexes at most 4000 (as halfvec)', dimensions
       using errcode = 'RG003', hint = 'choose a model size (dimensions) of 4000 or fewer';
@@ -73,7 +78,7 @@ begin
   return v;
 end
 $$;
-comment on function regen._version_settings(jsonb, integer) is 'Version settings with defaults filled in; raises RG003 when invalid';
+comment on function regen._version_settings(jsonb, integer, text) is 'Version settings with defaults filled in; raises RG003 when invalid';
 
 create function regen.create_version(
   tag text,
@@ -103,7 +108,7 @@ begin
     raise exception 'version % needs dimensions between 1 and 16000, not %', tag, coalesce(dimensions::text, 'NULL')
       using errcode = 'RG003';
   end if;
-  v_settings := regen._version_settings(coalesce(create_version.settings, '{}'), dimensions);
+  v_settings := regen._version_settings(coalesce(create_version.settings, '{}'), dimensions, model);
 
   -- Serialise creators of the same tag so the comparison below is race-free.
   perform pg_advisory_xact_lock(hashtext('regen.create_version'), hashtext(tag));

@@ -175,7 +175,7 @@ begin
 
   execute format($f$
     create function %1$s() returns trigger
-    language plpgsql security definer set search_path = %2$s
+    language plpgsql security definer set search_path = %2$s set jit = off
     as $body$
     declare
       v_enqueued bigint;

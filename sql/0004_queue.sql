@@ -47,7 +47,7 @@ create function regen._enqueue(
   source_id integer, version_id integer, row_ids text[], fresh boolean, force boolean default false
 )
 returns bigint
-language plpgsql volatile
+language plpgsql volatile set jit = off
 as $$
 declare
   v_rank integer := regen._weight_rank(_enqueue.source_id);

@@ -9,7 +9,7 @@
 create sequence regen._gap_ticks;
 
 create function regen.tg_items__count() returns trigger
-language plpgsql
+language plpgsql set jit = off
 as $$
 begin
   if tg_op = 'INSERT' then
@@ -82,7 +82,7 @@ comment on function regen.compact_gap() is
 -- chunk planned for its current text is stored under that text's hash. Extra chunks of an earlier,
 -- longer text are dropped.
 create function regen.tg_embeddings__settle() returns trigger
-language plpgsql
+language plpgsql set jit = off
 as $$
 begin
   with touched as (
@@ -114,7 +114,7 @@ comment on function regen.tg_embeddings__settle() is 'Marks items current once a
 -- Vectors that leave the store (edited text, deleted rows) go to the cache, so the same text is
 -- never paid for twice; items whose current vectors were deleted stop counting as current.
 create function regen.tg_embeddings__release() returns trigger
-language plpgsql
+language plpgsql set jit = off
 as $$
 begin
   if tg_op = 'DELETE' then
@@ -169,7 +169,7 @@ create trigger _200_release_truncate after truncate on regen._embeddings
 -- others have input null and take the vector of the same text_hash.
 create function regen.prepare_inputs(source text, version text, row_ids text[], job_id uuid default null, force boolean default false)
 returns table (row_id text, chunk_no integer, content_hash bytea, text_hash bytea, input text)
-language plpgsql volatile
+language plpgsql volatile set jit = off
 as $$
 declare
   v_source regen._sources := regen._source(source);
@@ -262,7 +262,7 @@ create function regen.write_embeddings(
   embeddings real[]
 )
 returns table (row_id text, chunk_no integer, stored boolean, reason text)
-language sql volatile
+language sql volatile set jit = off
 as $$
   -- Lock the items first, in a fixed order: an edit of the same rows waits for this write (or this
   -- write for the edit), so the hash comparison below sees the latest text.
@@ -353,7 +353,7 @@ comment on function regen.write_embeddings(text, text, text[], integer[], bytea[
 -- Failed items get another chance: clears the failure so the item counts as missing or stale again.
 create function regen.retry_failed(source text default null, version text default null)
 returns bigint
-language sql volatile
+language sql volatile set jit = off
 as $$
   with cleared as (
     update regen._items it set failed_hash = null, last_error = null, changed_at = now()

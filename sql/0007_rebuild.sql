@@ -42,7 +42,7 @@ create function regen.rebuild(
   tenant text default null
 )
 returns setof regen.rebuild_result
-language plpgsql volatile
+language plpgsql volatile set jit = off
 as $$
 declare
   v_result regen.rebuild_result;
@@ -110,7 +110,7 @@ comment on function regen.rebuild(text, text, boolean, boolean, text) is
 -- model's token limit) fail for their current text, with the reason; the rest of the batch goes on.
 create function regen.fail_inputs(source text, version text, row_ids text[], content_hashes bytea[], reasons text[])
 returns bigint
-language sql volatile
+language sql volatile set jit = off
 as $$
   with input as (
     select u.row_id, u.content_hash, u.reason
@@ -172,3 +172,14 @@ as $$
   group by 1 order by 1
 $$;
 comment on function regen.queue_depth() is 'Jobs and items waiting (created, retry) or in flight (active) in the regen_embed queue';
+
+-- Worker-facing: a batch-level failure (provider unreachable, bad key) shown as the last error of
+-- the source and version in regen.rebuild_progress.
+create function regen.report_error(source text, version text, message text)
+returns void
+language sql volatile
+as $$
+  insert into regen._rejections (source, version, reason) values (source, version, message)
+$$;
+comment on function regen.report_error(text, text, text) is
+  'Worker-facing: records a batch-level error (provider unavailable, missing key) for regen.rebuild_progress';

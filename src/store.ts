@@ -25,9 +25,11 @@ export interface WriteResult {
   reason: string | null;
 }
 
-export async function prepareInputs(db: Db, source: string, version: string, rowIds: string[]): Promise<Input[]> {
+export async function prepareInputs(db: Db, source: string, version: string, rowIds: string[],
+  options: { jobId?: string; force?: boolean } = {}): Promise<Input[]> {
   const { rows } = await db.query<{ row_id: string; chunk_no: number; content_hash: Buffer; text_hash: Buffer; input: string | null }>(
-    'select * from regen.prepare_inputs($1::text, $2::text, $3::text[])', [source, version, rowIds]);
+    'select * from regen.prepare_inputs($1::text, $2::text, $3::text[], job_id => $4::uuid, force => $5::boolean)',
+    [source, version, rowIds, options.jobId ?? null, options.force ?? false]);
   return rows.map((r) => ({ rowId: r.row_id, chunkNo: r.chunk_no, contentHash: r.content_hash, textHash: r.text_hash, input: r.input }));
 }
 
@@ -45,4 +47,52 @@ export async function writeEmbeddings(db: Db, source: string, version: string, i
     [source, version, items.map((i) => i.rowId), items.map((i) => i.chunkNo), items.map((i) => i.contentHash),
      lengths, float4ArrayParam(flat)]);
   return rows.map((r) => ({ rowId: r.row_id, chunkNo: r.chunk_no, stored: r.stored, reason: r.reason }));
+}
+
+export interface VersionInfo {
+  tag: string;
+  provider: string;
+  model: string;
+  dimensions: number;
+  maxInputTokens: number;
+  sendDimensions: boolean;
+}
+
+export async function versionInfo(db: Db, tag: string): Promise<VersionInfo | undefined> {
+  const { rows } = await db.query<{ tag: string; provider: string; model: string; dimensions: number; max_input_tokens: number; send_dimensions: boolean }>(
+    `select tag, provider, model, dimensions, (settings->>'max_input_tokens')::int as max_input_tokens,
+            (settings->>'send_dimensions')::boolean as send_dimensions
+       from regen.versions where tag = $1`, [tag]);
+  const r = rows[0];
+  return r && { tag: r.tag, provider: r.provider, model: r.model, dimensions: r.dimensions,
+                maxInputTokens: r.max_input_tokens, sendDimensions: r.send_dimensions };
+}
+
+export interface Refusal {
+  rowId: string;
+  contentHash: Buffer;
+  reason: string;
+}
+
+/** Dead-letters items the provider refused one by one; returns how many items failed. */
+export async function failInputs(db: Db, source: string, version: string, refusals: Refusal[]): Promise<number> {
+  if (refusals.length === 0) return 0;
+  const { rows } = await db.query<{ n: string }>(
+    'select regen.fail_inputs($1::text, $2::text, $3::text[], $4::bytea[], $5::text[]) as n',
+    [source, version, refusals.map((r) => r.rowId), refusals.map((r) => r.contentHash), refusals.map((r) => r.reason)]);
+  return Number(rows[0]?.n ?? 0);
+}
+
+export async function compactGap(db: Db): Promise<number> {
+  const { rows } = await db.query<{ n: string }>('select regen.compact_gap() as n');
+  return Number(rows[0]?.n ?? 0);
+}
+
+export async function queueDepth(db: Db): Promise<Array<{ state: string; jobs: number; items: number }>> {
+  const { rows } = await db.query<{ state: string; jobs: string; items: string }>('select * from regen.queue_depth()');
+  return rows.map((r) => ({ state: r.state, jobs: Number(r.jobs), items: Number(r.items) }));
+}
+
+export async function reportError(db: Db, source: string, version: string, message: string): Promise<void> {
+  await db.query('select regen.report_error($1::text, $2::text, $3::text)', [source, version, message]);
 }

@@ -5,6 +5,7 @@ import { describeError } from '../errors.ts';
 import { installCommand, uninstallCommand } from './install.ts';
 import { gapCommand } from './gap.ts';
 import { demoCommand } from './demo.ts';
+import { workerCommand } from './worker.ts';
 
 export const EXIT = { ok: 0, failure: 1, usage: 2 } as const;
 
@@ -17,6 +18,7 @@ export function program(): Command {
   cli.addCommand(installCommand());
   cli.addCommand(uninstallCommand());
   cli.addCommand(gapCommand());
+  cli.addCommand(workerCommand());
   cli.addCommand(demoCommand());
   for (const command of cli.commands) command.exitOverride();
   return cli;

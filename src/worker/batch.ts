@@ -1,0 +1,159 @@
+// One fetched batch of queue jobs: ask SQL for the inputs (cache hits are settled there), embed
+// each distinct text once, hand the vectors back to SQL. SQL decides what is embedded and what is
+// stored; this file only counts tokens, packs requests within the provider's limits and routes
+// vectors to the rows that asked for them.
+import type { Db } from '../db.ts';
+import { countTokens } from '../tokens.ts';
+import { failInputs, prepareInputs, reportError, writeEmbeddings, type Input, type Refusal, type VersionInfo } from '../store.ts';
+import type { EmbedOutcome, EmbedRequest, Provider } from './provider.ts';
+
+export interface JobData {
+  source: string;
+  version: string;
+  rows: string[];
+  key: string | null;
+  force?: boolean;
+}
+
+export interface BatchJob {
+  id: string;
+  data: JobData;
+}
+
+export interface BatchDeps {
+  db: Db;
+  version(tag: string): Promise<VersionInfo>;
+  provider(keyRef: string | null): Provider;
+  maxInputsPerRequest: number;
+  maxTokensPerRequest: number;
+  onStored?(version: string, count: number): void;
+  onRefused?(kind: string, count: number): void;
+}
+
+interface Unit {
+  source: string;
+  version: string;
+  input: Input;
+}
+
+interface Text {
+  text: string;
+  tokens: number;
+  outcome?: EmbedOutcome;
+}
+
+export interface BatchResult {
+  stored: number;
+  refused: number;
+  providerInputs: number;
+}
+
+export async function processBatch(jobs: BatchJob[], deps: BatchDeps): Promise<BatchResult> {
+  const prepared = await Promise.all(jobs.map(async (job) => ({
+    job,
+    inputs: await prepareInputs(deps.db, job.data.source, job.data.version, job.data.rows, { jobId: job.id, force: job.data.force }),
+  })));
+
+  // Jobs of the same version and API key share provider requests.
+  const groups = new Map<string, { version: string; key: string | null; units: Unit[] }>();
+  for (const { job, inputs } of prepared) {
+    const id = `${job.data.version}\u0000${job.data.key ?? ''}`;
+    const group = groups.get(id) ?? { version: job.data.version, key: job.data.key, units: [] };
+    group.units.push(...inputs.map((input) => ({ source: job.data.source, version: job.data.version, input })));
+    groups.set(id, group);
+  }
+
+  const result: BatchResult = { stored: 0, refused: 0, providerInputs: 0 };
+  const errors: unknown[] = [];
+  for (const group of groups.values()) {
+    if (group.units.length === 0) continue;
+    const version = await deps.version(group.version);
+    const texts = distinctTexts(group.units, version);
+    const requests = pack([...texts.entries()].filter(([, t]) => t.outcome === undefined), version, deps);
+    result.providerInputs += requests.reduce((n, r) => n + r.hashes.length, 0);
+    const settled = await Promise.allSettled(requests.map(async (r) => {
+      const outcomes = await deps.provider(group.key).embed(r.request);
+      r.hashes.forEach((hash, i) => { texts.get(hash)!.outcome = outcomes[i]; });
+    }));
+    for (const s of settled) if (s.status === 'rejected') errors.push(s.reason);
+    // Whatever was embedded is stored even if another request of the batch failed.
+    const written = await writeBack(group.units, texts, deps);
+    result.stored += written.stored;
+    result.refused += written.refused;
+  }
+  if (errors.length > 0) {
+    const message = (errors[0] as Error).message ?? String(errors[0]);
+    for (const { job } of prepared) await reportError(deps.db, job.data.source, job.data.version, message).catch(() => {});
+    throw errors[0];
+  }
+  return result;
+}
+
+/** Each text once, by hash; inputs over the model's token limit are refused here, never cut. */
+function distinctTexts(units: Unit[], version: VersionInfo): Map<string, Text> {
+  const texts = new Map<string, Text>();
+  for (const { input } of units) {
+    const hash = input.textHash.toString('hex');
+    if (input.input === null || texts.has(hash)) continue;
+    const tokens = countTokens(input.input, version.model);
+    const text: Text = { text: input.input, tokens };
+    if (tokens > version.maxInputTokens) {
+      text.outcome = { ok: false, reason: `input has ${tokens} tokens, over the model's limit of ${version.maxInputTokens}: `
+        + `lower chunk_chars or raise max_input_tokens in a new version` };
+    }
+    texts.set(hash, text);
+  }
+  return texts;
+}
+
+/** Greedy packing in the queue's (priority) order, within the per-request input and token limits. */
+function pack(entries: Array<[string, Text]>, version: VersionInfo, deps: BatchDeps): Array<{ hashes: string[]; request: EmbedRequest }> {
+  const requests: Array<{ hashes: string[]; request: EmbedRequest }> = [];
+  let current: { hashes: string[]; request: EmbedRequest } | undefined;
+  let tokens = 0;
+  for (const [hash, text] of entries) {
+    if (!current || current.hashes.length >= deps.maxInputsPerRequest || tokens + text.tokens > deps.maxTokensPerRequest) {
+      current = { hashes: [], request: { model: version.model, dimensions: version.dimensions, sendDimensions: version.sendDimensions, texts: [], tokens: [] } };
+      requests.push(current);
+      tokens = 0;
+    }
+    current.hashes.push(hash);
+    current.request.texts.push(text.text);
+    current.request.tokens.push(text.tokens);
+    tokens += text.tokens;
+  }
+  return requests;
+}
+
+async function writeBack(units: Unit[], texts: Map<string, Text>, deps: BatchDeps): Promise<{ stored: number; refused: number }> {
+  const bySource = new Map<string, { source: string; version: string; vectors: Parameters<typeof writeEmbeddings>[3]; refusals: Refusal[] }>();
+  for (const { source, version, input } of units) {
+    const id = `${source}\u0000${version}`;
+    const entry = bySource.get(id) ?? { source, version, vectors: [], refusals: [] };
+    bySource.set(id, entry);
+    const outcome = texts.get(input.textHash.toString('hex'))?.outcome;
+    if (outcome?.ok) {
+      entry.vectors.push({ rowId: input.rowId, chunkNo: input.chunkNo, contentHash: input.contentHash, embedding: outcome.embedding });
+    } else if (outcome) {
+      entry.refusals.push({ rowId: input.rowId, contentHash: input.contentHash, reason: outcome.reason });
+    }
+  }
+  let stored = 0;
+  let refused = 0;
+  for (const entry of bySource.values()) {
+    if (entry.vectors.length > 0) {
+      const results = await writeEmbeddings(deps.db, entry.source, entry.version, entry.vectors);
+      const ok = results.filter((r) => r.stored).length;
+      stored += ok;
+      refused += results.length - ok;
+      deps.onStored?.(entry.version, ok);
+      if (results.length > ok) deps.onRefused?.('write', results.length - ok);
+    }
+    if (entry.refusals.length > 0) {
+      refused += entry.refusals.length;
+      await failInputs(deps.db, entry.source, entry.version, entry.refusals);
+      deps.onRefused?.('provider', entry.refusals.length);
+    }
+  }
+  return { stored, refused };
+}

@@ -1,0 +1,93 @@
+// The worker's configuration, from the environment. SETTINGS is the single source for parsing,
+// validation, `pgregen worker --help` and the README's table.
+import { PgregenError } from '../errors.ts';
+
+export interface WorkerConfig {
+  databaseUrl: string;
+  openaiApiKey: string;
+  openaiBaseUrl: string | undefined;
+  versions: string[];               // empty: every version
+  concurrency: number;
+  requestsPerMinute: number | undefined;
+  tokensPerMinute: number | undefined;
+  maxInputsPerRequest: number;
+  maxTokensPerRequest: number;
+  requestTimeoutMs: number;
+  maxAttempts: number;
+  jobsPerFetch: number;
+  pollIntervalSeconds: number;
+  port: number;
+  shutdownTimeoutMs: number;
+  secretsDir: string | undefined;
+  logLevel: string;
+}
+
+type Kind = 'string' | 'int' | 'list';
+
+interface Setting {
+  env: string;
+  key: keyof WorkerConfig;
+  kind: Kind;
+  default?: string;
+  required?: boolean;
+  min?: number;
+  max?: number;
+  description: string;
+}
+
+export const SETTINGS: Setting[] = [
+  { env: 'DATABASE_URL', key: 'databaseUrl', kind: 'string', required: true, description: 'PostgreSQL connection string of the database pgregen is installed in' },
+  { env: 'OPENAI_API_KEY', key: 'openaiApiKey', kind: 'string', required: true, description: 'API key for the embeddings endpoint (any non-empty value for local servers that need none); tenants with their own key override it' },
+  { env: 'OPENAI_BASE_URL', key: 'openaiBaseUrl', kind: 'string', description: 'OpenAI-compatible endpoint (Azure, Ollama, vLLM, TEI, ...); default: OpenAI' },
+  { env: 'REGEN_VERSIONS', key: 'versions', kind: 'list', default: '', description: 'comma-separated version tags this worker embeds; default: all' },
+  { env: 'REGEN_CONCURRENCY', key: 'concurrency', kind: 'int', default: '4', min: 1, max: 256, description: 'provider requests in flight at once' },
+  { env: 'REGEN_RPM', key: 'requestsPerMinute', kind: 'int', min: 1, description: 'requests-per-minute limit to pace to (your account\'s limit); default: unlimited' },
+  { env: 'REGEN_TPM', key: 'tokensPerMinute', kind: 'int', min: 1, description: 'tokens-per-minute limit to pace to; default: unlimited' },
+  { env: 'REGEN_MAX_INPUTS_PER_REQUEST', key: 'maxInputsPerRequest', kind: 'int', default: '2048', min: 1, max: 2048, description: 'inputs per provider request (OpenAI allows 2,048)' },
+  { env: 'REGEN_MAX_TOKENS_PER_REQUEST', key: 'maxTokensPerRequest', kind: 'int', default: '300000', min: 1, max: 300000, description: 'tokens per provider request (OpenAI allows 300,000)' },
+  { env: 'REGEN_REQUEST_TIMEOUT_MS', key: 'requestTimeoutMs', kind: 'int', default: '60000', min: 100, description: 'time limit of one provider request' },
+  { env: 'REGEN_MAX_ATTEMPTS', key: 'maxAttempts', kind: 'int', default: '6', min: 1, max: 50, description: 'attempts of one provider request on 429, 5xx and timeouts before the batch is handed back to the queue' },
+  { env: 'REGEN_JOBS_PER_FETCH', key: 'jobsPerFetch', kind: 'int', default: '8', min: 1, max: 1000, description: 'queue jobs (of up to 64 rows each) fetched at once and packed into provider requests together' },
+  { env: 'REGEN_POLL_INTERVAL_SECONDS', key: 'pollIntervalSeconds', kind: 'int', default: '1', min: 1, description: 'how often an idle worker looks for work' },
+  { env: 'REGEN_PORT', key: 'port', kind: 'int', default: '9464', min: 0, max: 65535, description: 'port of /healthz, /readyz and /metrics (0: any free port)' },
+  { env: 'REGEN_SHUTDOWN_TIMEOUT_MS', key: 'shutdownTimeoutMs', kind: 'int', default: '20000', min: 0, description: 'on SIGTERM, how long in-flight batches may finish before they are handed back to the queue' },
+  { env: 'REGEN_SECRETS_DIR', key: 'secretsDir', kind: 'string', description: 'folder of secret files (e.g. /run/secrets): a tenant key reference NAME is read from the env var NAME or the file NAME here' },
+  { env: 'REGEN_LOG_LEVEL', key: 'logLevel', kind: 'string', default: 'info', description: 'trace, debug, info, warn, error' },
+];
+
+export function readConfig(env: NodeJS.ProcessEnv = process.env): WorkerConfig {
+  const problems: string[] = [];
+  const config: Record<string, unknown> = {};
+  for (const s of SETTINGS) {
+    const raw = env[s.env] === '' ? undefined : env[s.env] ?? s.default;
+    if (raw === undefined) {
+      if (s.required) problems.push(`${s.env} is not set: ${s.description}`);
+      config[s.key] = undefined;
+      continue;
+    }
+    if (s.kind === 'int') {
+      const n = Number(raw);
+      if (!Number.isInteger(n) || (s.min !== undefined && n < s.min) || (s.max !== undefined && n > s.max)) {
+        problems.push(`${s.env}=${raw} is not an integer${s.min !== undefined ? ` >= ${s.min}` : ''}${s.max !== undefined ? ` and <= ${s.max}` : ''}`);
+      }
+      config[s.key] = n;
+    } else if (s.kind === 'list') {
+      config[s.key] = raw.split(',').map((v) => v.trim()).filter(Boolean);
+    } else {
+      config[s.key] = raw;
+    }
+  }
+  if (!['trace', 'debug', 'info', 'warn', 'error'].includes(String(config.logLevel))) {
+    problems.push(`REGEN_LOG_LEVEL=${String(config.logLevel)} is not one of trace, debug, info, warn, error`);
+  }
+  if (problems.length > 0) {
+    throw new PgregenError(`bad worker configuration:\n  - ${problems.join('\n  - ')}`,
+      'set the variables above (see pgregen worker --help or the README\'s worker configuration table)');
+  }
+  return config as unknown as WorkerConfig;
+}
+
+/** The configuration table as text, for --help. */
+export function describeSettings(): string {
+  return SETTINGS.map((s) => `  ${s.env.padEnd(30)} ${s.description}${s.default ? ` (default ${s.default || 'empty'})` : ''}${s.required ? ' [required]' : ''}`).join('\n');
+}

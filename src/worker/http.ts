@@ -1,0 +1,33 @@
+// /healthz (the process runs), /readyz (connected and taking work) and /metrics for the sidecar.
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import type { Registry } from 'prom-client';
+
+export interface HealthServer {
+  port: number;
+  close(): Promise<void>;
+}
+
+export async function startHealthServer(port: number, registry: Registry, ready: () => Promise<boolean>): Promise<HealthServer> {
+  const server = http.createServer(async (req, res) => {
+    try {
+      if (req.url === '/healthz') {
+        res.writeHead(200, { 'content-type': 'application/json' }).end('{"status":"ok"}');
+      } else if (req.url === '/readyz') {
+        const ok = await ready();
+        res.writeHead(ok ? 200 : 503, { 'content-type': 'application/json' }).end(JSON.stringify({ status: ok ? 'ready' : 'not ready' }));
+      } else if (req.url === '/metrics') {
+        res.writeHead(200, { 'content-type': registry.contentType }).end(await registry.metrics());
+      } else {
+        res.writeHead(404, { 'content-type': 'application/json' }).end('{"error":"not found: try /healthz, /readyz or /metrics"}');
+      }
+    } catch (err) {
+      res.writeHead(500, { 'content-type': 'application/json' }).end(JSON.stringify({ error: (err as Error).message }));
+    }
+  });
+  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(port, resolve));
+  return {
+    port: (server.address() as AddressInfo).port,
+    close: () => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()); }),
+  };
+}

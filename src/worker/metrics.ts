@@ -1,0 +1,38 @@
+// Prometheus metrics of the worker. Queue depth and the gap are read from SQL when scraped.
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { Db } from '../db.ts';
+import { queueDepth } from '../store.ts';
+import { readGap } from '../gap.ts';
+
+export type Metrics = ReturnType<typeof createMetrics>;
+
+export function createMetrics(db: Db) {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry, prefix: 'pgregen_worker_' });
+  const vectors = new Counter({ name: 'pgregen_vectors_embedded_total', help: 'Vectors stored after a provider call', labelNames: ['version'], registers: [registry] });
+  const requests = new Counter({ name: 'pgregen_provider_requests_total', help: 'Provider requests by HTTP status', labelNames: ['status'], registers: [registry] });
+  const tokens = new Counter({ name: 'pgregen_provider_tokens_total', help: 'Tokens sent to the provider (counted before sending)', registers: [registry] });
+  const latency = new Histogram({ name: 'pgregen_provider_request_seconds', help: 'Provider request latency', labelNames: ['status'],
+    buckets: [0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60], registers: [registry] });
+  const rateLimited = new Counter({ name: 'pgregen_provider_rate_limited_total', help: 'Provider answers 429', registers: [registry] });
+  const failures = new Counter({ name: 'pgregen_failures_total', help: 'Items refused (poison) and batches handed back', labelNames: ['kind'], registers: [registry] });
+  new Gauge({
+    name: 'pgregen_queue_depth', help: 'Items in the regen_embed queue by job state', labelNames: ['state'], registers: [registry],
+    async collect() {
+      this.reset();
+      for (const row of await queueDepth(db).catch(() => [])) this.set({ state: row.state }, row.items);
+    },
+  });
+  new Gauge({
+    name: 'pgregen_gap', help: 'Items per source, version and state (regen.embedding_gap)', labelNames: ['source', 'version', 'state'], registers: [registry],
+    async collect() {
+      this.reset();
+      for (const row of await readGap(db).catch(() => [])) {
+        for (const state of ['current', 'missing', 'stale', 'outdated', 'failed'] as const) {
+          this.set({ source: row.source, version: row.version, state }, row[state]);
+        }
+      }
+    },
+  });
+  return { registry, vectors, requests, tokens, latency, rateLimited, failures };
+}

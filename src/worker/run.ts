@@ -1,0 +1,147 @@
+// `pgregen worker`: a pg-boss consumer. Wires the queue, the provider clients, the health and
+// metrics endpoints and graceful shutdown around processBatch(); holds no decisions of its own.
+import pg from 'pg';
+import { PgBoss } from 'pg-boss';
+import pino from 'pino';
+import { connect, requireSchema } from '../connect.ts';
+import { PgregenError } from '../errors.ts';
+import { QUEUE } from '../install.ts';
+import { compactGap, versionInfo, type VersionInfo } from '../store.ts';
+import { processBatch, type JobData } from './batch.ts';
+import type { WorkerConfig } from './config.ts';
+import { startHealthServer, type HealthServer } from './http.ts';
+import { resolveKey } from './keys.ts';
+import { createMetrics } from './metrics.ts';
+import { Pacer } from './pacer.ts';
+import { Provider } from './provider.ts';
+
+export interface RunningWorker {
+  port: number;
+  /** Stops fetching, lets in-flight batches finish within the shutdown timeout, hands back the rest. */
+  stop(): Promise<void>;
+  done: Promise<void>;
+}
+
+/** Checks what can be checked before taking work, so bad configuration fails at once and clearly. */
+async function preflight(config: WorkerConfig): Promise<void> {
+  const client = await connect(config.databaseUrl, 'pgregen worker');
+  try {
+    await requireSchema(client);
+    for (const tag of config.versions) {
+      if (!(await versionInfo(client, tag))) {
+        throw new PgregenError(`unknown version '${tag}' in REGEN_VERSIONS`, 'list the versions with: select tag from regen.versions');
+      }
+    }
+  } finally {
+    await client.end();
+  }
+}
+
+export async function startWorker(config: WorkerConfig, log = pino({ level: config.logLevel })): Promise<RunningWorker> {
+  await preflight(config);
+  const pool = new pg.Pool({ connectionString: config.databaseUrl, max: 8, application_name: 'pgregen worker' });
+  pool.on('error', (err) => log.warn({ err: err.message }, 'idle database connection failed'));
+  const metrics = createMetrics(pool);
+  const abort = new AbortController();
+
+  // One pacer and client per API key: limits are per key.
+  const providers = new Map<string, Provider>();
+  const providerFor = (keyRef: string | null): Provider => {
+    const id = keyRef ?? '';
+    let provider = providers.get(id);
+    if (!provider) {
+      provider = new Provider({
+        apiKey: resolveKey(keyRef, config.openaiApiKey, config.secretsDir),
+        baseURL: config.openaiBaseUrl,
+        timeoutMs: config.requestTimeoutMs,
+        maxAttempts: config.maxAttempts,
+        pacer: new Pacer({ requestsPerMinute: config.requestsPerMinute, tokensPerMinute: config.tokensPerMinute, concurrency: config.concurrency }),
+        signal: abort.signal,
+        events: {
+          onRequest: ({ status, seconds, tokens }) => {
+            metrics.requests.inc({ status: String(status) });
+            metrics.latency.observe({ status: String(status) }, seconds);
+            if (status === 200) metrics.tokens.inc(tokens);
+          },
+          onRateLimited: () => metrics.rateLimited.inc(),
+        },
+      });
+      providers.set(id, provider);
+    }
+    return provider;
+  };
+  const versions = new Map<string, VersionInfo>();
+  const version = async (tag: string): Promise<VersionInfo> => {
+    let info = versions.get(tag);
+    if (!info) {
+      info = await versionInfo(pool, tag);
+      if (!info) throw new PgregenError(`unknown version '${tag}' in a queued job`);
+      versions.set(tag, info);
+    }
+    return info;
+  };
+
+  const boss = new PgBoss({ connectionString: config.databaseUrl, max: 4, supervise: true, schedule: false, migrate: false,
+    application_name: 'pgregen worker (pg-boss)' });
+  boss.on('error', (err: Error) => log.error({ err: err.message }, 'queue error'));
+  await boss.start();
+
+  let stopping = false;
+  const handle = async (jobs: Array<{ id: string; data: JobData }>) => {
+    const wanted = config.versions.length === 0 ? jobs : jobs.filter((j) => config.versions.includes(j.data.version));
+    const started = performance.now();
+    try {
+      const result = await processBatch(wanted, {
+        db: pool, version, provider: providerFor,
+        maxInputsPerRequest: config.maxInputsPerRequest, maxTokensPerRequest: config.maxTokensPerRequest,
+        onStored: (tag, n) => metrics.vectors.inc({ version: tag }, n),
+        onRefused: (kind, n) => metrics.failures.inc({ kind }, n),
+      });
+      log.info({ jobs: wanted.length, ...result, ms: Math.round(performance.now() - started) }, 'batch done');
+    } catch (err) {
+      metrics.failures.inc({ kind: 'batch' });
+      log.warn({ jobs: wanted.map((j) => j.id), err: (err as Error).message }, 'batch handed back to the queue');
+      throw err;
+    }
+  };
+  // Jobs of versions this worker does not serve stay in the queue for another worker.
+  const workOptions = { batchSize: config.jobsPerFetch, pollingIntervalSeconds: config.pollIntervalSeconds,
+    localConcurrency: Math.max(1, Math.min(4, Math.ceil(config.concurrency / 2))) };
+  await boss.work<JobData>(QUEUE, workOptions, handle);
+
+  const compactor = setInterval(() => {
+    compactGap(pool).catch((err: Error) => log.warn({ err: err.message }, 'gap compaction failed'));
+  }, 10_000);
+  compactor.unref();
+
+  const health: HealthServer = await startHealthServer(config.port, metrics.registry, async () => {
+    if (stopping) return false;
+    try {
+      await pool.query('select 1');
+      return true;
+    } catch {
+      return false;
+    }
+  });
+  log.info({ port: health.port, queue: QUEUE, concurrency: config.concurrency, rpm: config.requestsPerMinute, tpm: config.tokensPerMinute,
+    versions: config.versions.length ? config.versions : 'all' }, 'worker started');
+
+  let resolveDone!: () => void;
+  const done = new Promise<void>((resolve) => { resolveDone = resolve; });
+  let stopped: Promise<void> | undefined;
+  const stop = () => (stopped ??= (async () => {
+    stopping = true;
+    log.info({ timeoutMs: config.shutdownTimeoutMs }, 'stopping: no new batches; in-flight batches may finish');
+    // After the timeout, in-flight provider calls are cancelled: their batches fail and pg-boss
+    // retries them on another worker. Nothing is lost either way.
+    const timer = setTimeout(() => abort.abort(new Error('worker shutting down')), config.shutdownTimeoutMs);
+    await boss.stop({ graceful: true, timeout: config.shutdownTimeoutMs + 2_000 }).catch((err: Error) => log.warn({ err: err.message }, 'queue stop'));
+    clearTimeout(timer);
+    clearInterval(compactor);
+    await health.close();
+    await pool.end();
+    log.info('worker stopped');
+    resolveDone();
+  })());
+  return { port: health.port, stop, done };
+}
