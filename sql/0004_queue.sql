@@ -6,11 +6,12 @@
 --   backfill      weight rank * 1,000,000 + 999,999 - batch  hot batches first within a source
 -- where the weight rank of a source is the number of distinct smaller weights among the sources.
 --
--- An item waits in at most one job: regen._items.queue_job names it, and only items without a
--- live job are enqueued. The worker's regen.prepare_inputs() clears queue_job when the job starts,
--- so an edit that lands while the batch is in flight queues the item once more.
---
--- No error codes of its own.
+-- An item waits in at most one job: regen._items.queue_job names the job it belongs to, and a job
+-- works only the items that still name it (regen.prepare_inputs), so an item moved to another job
+-- is skipped by the old one. An item is (re)enqueued unless it already waits (created or retry) in a
+-- job: a fresh edit also takes items out of a waiting backfill job (they move ahead), and an edit
+-- of an item whose job is in flight queues it once more. Items of jobs that ended or vanished are
+-- free again. queue_job is cleared when the item is settled (current) or fails.
 
 -- Tenants that bring their own API key: the key itself never enters the database, only the name
 -- of the environment variable (or secret file) the worker reads it from.
@@ -40,9 +41,10 @@ $$;
 comment on function regen._weight_rank(integer) is 'Number of distinct source weights below this source''s weight (0 = lightest)';
 
 -- Marks items as queued and inserts their jobs; returns how many items were enqueued. Of the given
--- rows only items that need work (missing, stale, outdated; everything with force) and wait in no
--- job are taken, locked first so two enqueuers never take the same item. version_id null means
--- every version the source uses.
+-- rows only items that need work (missing, stale, outdated; everything with force) and do not wait
+-- in a job already are taken (fresh edits: not in a fresh job), locked first. Should two enqueuers
+-- still take the same item, it names only the later job and the earlier one skips it. version_id
+-- null means every version the source uses.
 create function regen._enqueue(
   source_id integer, version_id integer, row_ids text[], fresh boolean, force boolean default false
 )
@@ -62,7 +64,10 @@ begin
     where sv.source_id = _enqueue.source_id
       and (_enqueue.version_id is null or sv.version_id = _enqueue.version_id)
       and it.row_id = any(_enqueue.row_ids)          -- primary-key probes per version
-      and it.queue_job is null
+      and (it.queue_job is null
+           or not exists (select 1 from pgboss.job j
+                          where j.name = 'regen_embed' and j.id = it.queue_job and j.state in ('created', 'retry')
+                            and (j.priority >= 1000000000 or not _enqueue.fresh)))
       and (_enqueue.force or (it.embedded_hash is distinct from it.content_hash
                               and it.failed_hash is distinct from it.content_hash))
     for update of it
@@ -105,31 +110,3 @@ end
 $$;
 comment on function regen._enqueue(integer, integer, text[], boolean, boolean) is
   'Enqueues items that need work and wait in no job into pg-boss, in priority order; returns the number of items';
-
--- Items whose job is gone (failed for good, expired, deleted) are free to be enqueued again.
--- The dead job ids are read first and cleared by value, so an item re-queued meanwhile keeps its new job.
-create function regen._release_dead_jobs(source_id integer)
-returns bigint
-language plpgsql volatile
-as $$
-declare
-  v_dead uuid[];
-  v_count bigint;
-begin
-  select array_agg(distinct it.queue_job) into v_dead
-  from regen._items it
-  where it.source_id = _release_dead_jobs.source_id and it.queue_job is not null
-    and not exists (select 1 from pgboss.job j
-                    where j.name = 'regen_embed' and j.id = it.queue_job
-                      and j.state in ('created', 'retry', 'active'));
-  if v_dead is null then
-    return 0;
-  end if;
-  update regen._items it set queue_job = null
-   where it.source_id = _release_dead_jobs.source_id and it.queue_job = any(v_dead);
-  get diagnostics v_count = row_count;
-  return v_count;
-end
-$$;
-comment on function regen._release_dead_jobs(integer) is 'Frees items whose pg-boss job no longer exists or has ended';
-

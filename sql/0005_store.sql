@@ -89,7 +89,7 @@ begin
     select distinct version_id, source_id, row_id from new_rows
   ), done as (
     update regen._items it
-       set embedded_hash = it.content_hash, failed_hash = null, last_error = null, changed_at = now()
+       set embedded_hash = it.content_hash, failed_hash = null, last_error = null, queue_job = null, changed_at = now()
       from touched t
      where it.source_id = t.source_id and it.version_id = t.version_id and it.row_id = t.row_id
        and it.plan_hash = it.content_hash
@@ -175,6 +175,7 @@ declare
   v_source regen._sources := regen._source(source);
   v_version regen._versions;
   v_old_path text := current_setting('search_path');
+  v_rows text[] := prepare_inputs.row_ids;
 begin
   select * into v_version from regen._versions v where v.id = regen._version_id(version);
   if not exists (select 1 from regen._source_versions sv where sv.source_id = v_source.id and sv.version_id = v_version.id) then
@@ -182,11 +183,11 @@ begin
       using errcode = 'RG001', hint = 'see regen.embedding_gap for the versions each source uses';
   end if;
 
-  -- The job has started: its items wait in no queue any more, so an edit from now on queues them again.
+  -- A job works only the items that still name it: an item moved to a later job is that job's.
   if job_id is not null then
-    update regen._items it set queue_job = null
-     where it.source_id = v_source.id and it.version_id = v_version.id
-       and it.row_id = any(prepare_inputs.row_ids) and it.queue_job = prepare_inputs.job_id;
+    v_rows := array(select it.row_id from regen._items it
+                    where it.source_id = v_source.id and it.version_id = v_version.id
+                      and it.row_id = any(prepare_inputs.row_ids) and it.queue_job = prepare_inputs.job_id);
   end if;
 
   -- One statement, so the settle trigger of the cache-hit insert sees the recorded plan.
@@ -240,7 +241,7 @@ begin
     order by k.row_id, k.chunk_no$f$,
     (select c.relname from pg_class c where c.oid = v_source.relation), v_source.id_column,
     v_source.content_expression, v_source.relation, v_source.id_type)
-  using row_ids, v_source.id, v_version.id, v_version.settings,
+  using v_rows, v_source.id, v_version.id, v_version.settings,
         (v_version.settings->>'chunk_chars')::integer, (v_version.settings->>'chunk_overlap')::integer, force;
   perform set_config('search_path', v_old_path, true);
 end
@@ -321,7 +322,7 @@ as $$
   ), poisoned as (
     -- a vector the provider got wrong fails its item for this text; a new text gets a new chance
     update regen._items it
-       set failed_hash = it.content_hash, last_error = j.reason, attempts = it.attempts + 1, changed_at = now()
+       set failed_hash = it.content_hash, last_error = j.reason, attempts = it.attempts + 1, queue_job = null, changed_at = now()
       from (select distinct on (j.row_id) j.source_id, j.version_id, j.row_id, j.content_hash, j.reason
               from judged j
              where j.reason like 'expected % dimensions, not %' or j.reason like 'NaN%'

@@ -20,8 +20,8 @@ begin
       using errcode = 'RG031',
             hint = 'pass the NAME of the variable the worker reads the key from (e.g. TENANT_ACME_OPENAI_KEY), never the key itself';
   end if;
-  insert into regen._tenant_keys as k (tenant, api_key_ref) values (tenant, api_key_ref)
-  on conflict (tenant) do update set api_key_ref = excluded.api_key_ref, updated_at = now();
+  insert into regen._tenant_keys as k (tenant, api_key_ref) values (set_tenant_key.tenant, set_tenant_key.api_key_ref)
+  on conflict on constraint _tenant_keys_pkey do update set api_key_ref = excluded.api_key_ref, updated_at = now();
 end
 $$;
 comment on function regen.set_tenant_key(text, text) is
@@ -79,17 +79,16 @@ begin
         join %2$s as %3$I on (%3$I.%4$I)::text = it.row_id
         where it.source_id = $1 and it.version_id = $2 and ($3::text is null or it.tenant = $3)
           and (it.queue_job is null or not exists (select 1 from pgboss.job j where j.name = 'regen_embed'
-                                                   and j.id = it.queue_job and j.state in ('created', 'retry', 'active')))
+                                                   and j.id = it.queue_job and j.state in ('created', 'retry')))
           and ($4 or (it.embedded_hash is distinct from it.content_hash and it.failed_hash is distinct from it.content_hash))$f$,
         v_target.content_expression, v_target.relation,
         (select c.relname from pg_class c where c.oid = v_target.relation), v_target.id_column)
       into v_items, v_tokens
       using v_target.id, v_target.version_id, rebuild.tenant, rebuild.force;
     else
-      perform regen._release_dead_jobs(v_target.id);
       v_items := regen._enqueue(v_target.id, v_target.version_id,
         array(select it.row_id from regen._items it
-              where it.source_id = v_target.id and it.version_id = v_target.version_id and it.queue_job is null
+              where it.source_id = v_target.id and it.version_id = v_target.version_id
                 and (rebuild.tenant is null or it.tenant = rebuild.tenant)
                 and (rebuild.force or (it.embedded_hash is distinct from it.content_hash
                                        and it.failed_hash is distinct from it.content_hash))),
@@ -117,7 +116,7 @@ as $$
     from unnest(fail_inputs.row_ids, fail_inputs.content_hashes, fail_inputs.reasons) as u(row_id, content_hash, reason)
   ), failed as (
     update regen._items it
-       set failed_hash = it.content_hash, last_error = i.reason, attempts = it.attempts + 1, changed_at = now()
+       set failed_hash = it.content_hash, last_error = i.reason, attempts = it.attempts + 1, queue_job = null, changed_at = now()
       from (select distinct on (row_id) * from input order by row_id) i
      where it.source_id = (select s.id from regen._sources s where s.name = fail_inputs.source)
        and it.version_id = (select v.id from regen._versions v where v.tag = fail_inputs.version)

@@ -11,7 +11,12 @@ import pg from 'pg';
 
 const run = promisify(execFile);
 
-export type LocalPostgres = { url: string; stop(): Promise<void> };
+export type LocalPostgres = {
+  url: string;
+  stop(): Promise<void>;
+  /** Fast shutdown, then the same data directory on the same port again; resolves once it accepts connections. */
+  restart(): Promise<void>;
+};
 
 export type LocalPostgresOptions = { port?: number; log?: (line: string) => void };
 
@@ -49,32 +54,41 @@ export async function startLocalPostgres(options: LocalPostgresOptions = {}): Pr
     await runCommand(join(bin, 'initdb'), ['-D', data, '-U', 'postgres', '-A', 'trust', '--no-sync', '-E', 'UTF8', '--locale=C'], dir, runAs);
 
     const port = options.port ?? (await freePort());
-    const logFile = await open(logPath, 'a');
     const args = ['-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1']
       .concat(['fsync=off', 'synchronous_commit=off', 'full_page_writes=off', 'max_connections=200', 'shared_buffers=256MB'].flatMap((s) => ['-c', s]));
-    // uid/gid instead of `runuser`: runuser forks, so killing it would orphan the postmaster.
-    child = spawn(join(bin, 'postgres'), args, { cwd: dir, stdio: ['ignore', logFile.fd, logFile.fd], ...runAs });
-    let spawnError: Error | undefined;
-    child.on('error', (error) => (spawnError = error)); // e.g. EACCES; unhandled it would crash the process
-    await logFile.close();
     const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
-    const server = child;
-    const died = () => {
-      if (spawnError) return `could not start (${spawnError.message})`;
-      const status = server.exitCode ?? server.signalCode;
-      return status === null ? undefined : `exited with ${status}`;
+    const launch = async () => {
+      const logFile = await open(logPath, 'a');
+      // uid/gid instead of `runuser`: runuser forks, so killing it would orphan the postmaster.
+      const server = spawn(join(bin, 'postgres'), args, { cwd: dir, stdio: ['ignore', logFile.fd, logFile.fd], ...runAs });
+      child = server;
+      let spawnError: Error | undefined;
+      server.on('error', (error) => (spawnError = error)); // e.g. EACCES; unhandled it would crash the process
+      await logFile.close();
+      const died = () => {
+        if (spawnError) return `could not start (${spawnError.message})`;
+        const status = server.exitCode ?? server.signalCode;
+        return status === null ? undefined : `exited with ${status}`;
+      };
+      await waitUntilReady(url, data, died, logPath);
     };
-    await waitUntilReady(url, data, died, logPath);
+    await launch();
     log(`postgres ready at ${url} (log: ${logPath})`);
 
     let stopping: Promise<void> | undefined;
     const stop = () =>
       (stopping ??= (async () => {
-        await shutdown(server);
+        await shutdown(child!);
         process.off('exit', onExit);
         await rm(dir, { recursive: true, force: true });
       })());
-    return { url, stop };
+    const restart = async () => {
+      if (stopping) throw new Error('postgres was stopped');
+      await shutdown(child!);
+      await launch();
+      log(`postgres restarted at ${url}`);
+    };
+    return { url, stop, restart };
   } catch (error) {
     if (child) await shutdown(child);
     process.off('exit', onExit);

@@ -19,7 +19,7 @@ export function createMetrics(db: Db) {
   new Gauge({
     name: 'pgregen_queue_depth', help: 'Items in the regen_embed queue by job state', labelNames: ['state'], registers: [registry],
     async collect() {
-      this.reset();
+      for (const state of ['created', 'retry', 'active']) this.set({ state }, 0);
       for (const row of await queueDepth(db).catch(() => [])) this.set({ state: row.state }, row.items);
     },
   });

@@ -82,6 +82,7 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
   };
 
   const boss = new PgBoss({ connectionString: config.databaseUrl, max: 4, supervise: true, schedule: false, migrate: false,
+    superviseIntervalSeconds: config.superviseIntervalSeconds, monitorIntervalSeconds: config.superviseIntervalSeconds,
     application_name: 'pgregen worker (pg-boss)' });
   boss.on('error', (err: Error) => log.error({ err: err.message }, 'queue error'));
   await boss.start();
