@@ -250,17 +250,16 @@ comment on function regen.prepare_inputs(text, text, text[], uuid, boolean) is
   'Worker-facing: turns row ids into provider inputs for a version, settling cache hits without a provider call; '
   'job_id (the pg-boss job being worked) takes the items out of the queue; force re-embeds current rows and skips the cache';
 
--- Worker-facing: stores vectors that still match their source. Vectors arrive concatenated in one
--- real[] (`embeddings`), the i-th being lengths[i] long, so NaN and wrong sizes can be judged per item
--- instead of failing the whole batch at the vector cast. Returns one row per item, in order.
+-- Worker-facing: stores vectors that still match their source; returns one row per item, in order.
+-- pgvector cannot represent NaN or infinity, so a client sends such a vector as a NULL element: it is
+-- refused here like any other bad vector, per item, and the rest of the batch is stored.
 create function regen.write_embeddings(
   source text,
   version text,
   row_ids text[],
   chunk_nos integer[],
   content_hashes bytea[],
-  lengths integer[],
-  embeddings real[]
+  embeddings vector[]
 )
 returns table (row_id text, chunk_no integer, stored boolean, reason text)
 language sql volatile set jit = off
@@ -280,28 +279,23 @@ as $$
     left join regen._sources s on s.name = write_embeddings.source
     left join regen._versions v on v.tag = write_embeddings.version
   ), input as (
-    select u.ord, u.row_id, u.chunk_no, u.content_hash, u.len,
-           coalesce(sum(u.len) over (order by u.ord rows between unbounded preceding and 1 preceding), 0)::integer as off
+    select u.ord, u.row_id, u.chunk_no, u.content_hash, u.vec
     from unnest(write_embeddings.row_ids, write_embeddings.chunk_nos, write_embeddings.content_hashes,
-                write_embeddings.lengths) with ordinality as u(row_id, chunk_no, content_hash, len, ord)
+                write_embeddings.embeddings) with ordinality as u(row_id, chunk_no, content_hash, vec, ord)
   ), judged as (
-    select i.ord, i.row_id, i.chunk_no, i.content_hash, a.source_id, a.version_id, it.tenant,
+    select i.ord, i.row_id, i.chunk_no, i.content_hash, i.vec, a.source_id, a.version_id, it.tenant,
            it.chunk_hashes[i.chunk_no] as text_hash,
-           write_embeddings.embeddings[i.off + 1 : i.off + i.len] as vec,
            case
              when cardinality(write_embeddings.row_ids) is distinct from cardinality(write_embeddings.chunk_nos)
                or cardinality(write_embeddings.row_ids) is distinct from cardinality(write_embeddings.content_hashes)
-               or cardinality(write_embeddings.row_ids) is distinct from cardinality(write_embeddings.lengths)
-               then 'malformed call: row_ids, chunk_nos, content_hashes and lengths must have the same length'
-             when (select sum(l) from unnest(write_embeddings.lengths) l) is distinct from cardinality(write_embeddings.embeddings)
-               then 'malformed call: the lengths do not add up to the size of embeddings'
+               or cardinality(write_embeddings.row_ids) is distinct from cardinality(write_embeddings.embeddings)
+               then 'malformed call: row_ids, chunk_nos, content_hashes and embeddings must have the same length'
              when a.source_id is null then format('unknown source %L', write_embeddings.source)
              when a.version_id is null then format('unknown version %L', write_embeddings.version)
              when row_number() over (partition by i.row_id, i.chunk_no order by i.ord) > 1
                then 'duplicate item: this row and chunk already appear earlier in the batch'
-             when i.len is distinct from a.dimensions then format('expected %s dimensions, not %s', a.dimensions, i.len)
-             when write_embeddings.embeddings[i.off + 1 : i.off + i.len] && '{NaN,Infinity,-Infinity}'::real[]
-               then 'NaN or infinity not allowed in vector'
+             when i.vec is null then 'NaN or infinity not allowed in vector'
+             when vector_dims(i.vec) <> a.dimensions then format('expected %s dimensions, not %s', a.dimensions, vector_dims(i.vec))
              when it.row_id is null then 'row is not tracked for this version: deleted, filtered out, or not registered'
              when i.content_hash is distinct from it.content_hash then 'stale: the source text changed after the input was prepared'
              when it.plan_hash is distinct from it.content_hash or i.chunk_no is null
@@ -313,7 +307,7 @@ as $$
     left join regen._items it on it.source_id = a.source_id and it.version_id = a.version_id and it.row_id = i.row_id
   ), stored as (
     insert into regen._embeddings as e (version_id, source_id, row_id, chunk_no, tenant, content_hash, text_hash, embedding)
-    select j.version_id, j.source_id, j.row_id, j.chunk_no, j.tenant, j.content_hash, j.text_hash, j.vec::vector
+    select j.version_id, j.source_id, j.row_id, j.chunk_no, j.tenant, j.content_hash, j.text_hash, j.vec
     from judged j where j.reason is null
     on conflict (version_id, source_id, row_id, chunk_no) do update
       set tenant = excluded.tenant, content_hash = excluded.content_hash, text_hash = excluded.text_hash,
@@ -347,7 +341,7 @@ as $$
   left join requeued on true
   order by j.ord;
 $$;
-comment on function regen.write_embeddings(text, text, text[], integer[], bytea[], integer[], real[]) is
+comment on function regen.write_embeddings(text, text, text[], integer[], bytea[], vector[]) is
   'Worker-facing: stores vectors whose content hash still matches the source, whose dimensions match the version '
   'and that hold no NaN/Inf; refuses the rest per item with a reason (see regen.rejected_writes).';
 

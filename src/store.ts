@@ -1,6 +1,6 @@
 // Typed calls to the worker-facing SQL: prepare_inputs and write_embeddings. No decisions here:
 // SQL judges every vector; this file only shapes arguments and results.
-import { float4ArrayParam, type Db } from './db.ts';
+import { vectorArrayParam, type Db } from './db.ts';
 
 export interface Input {
   rowId: string;
@@ -33,19 +33,28 @@ export async function prepareInputs(db: Db, source: string, version: string, row
   return rows.map((r) => ({ rowId: r.row_id, chunkNo: r.chunk_no, contentHash: r.content_hash, textHash: r.text_hash, input: r.input }));
 }
 
-export async function writeEmbeddings(db: Db, source: string, version: string, items: VectorItem[]): Promise<WriteResult[]> {
-  const lengths = items.map((item) => item.embedding.length);
-  const flat = new Float32Array(lengths.reduce((a, b) => a + b, 0));
-  let at = 0;
-  for (const item of items) {
-    flat.set(item.embedding, at);
-    at += item.embedding.length;
+const vectorOids = new WeakMap<Db, number>();
+
+async function vectorOid(db: Db): Promise<number> {
+  let oid = vectorOids.get(db);
+  if (oid === undefined) {
+    const { rows } = await db.query<{ oid: number }>(`select 'vector'::regtype::oid::int as oid`);
+    oid = rows[0]!.oid;
+    vectorOids.set(db, oid);
   }
+  return oid;
+}
+
+/**
+ * Hands vectors to regen.write_embeddings, which judges each one. pgvector cannot represent NaN or
+ * infinity, so such a vector travels as NULL, and SQL refuses it with that reason.
+ */
+export async function writeEmbeddings(db: Db, source: string, version: string, items: VectorItem[]): Promise<WriteResult[]> {
+  const vectors = items.map((item) => (Array.prototype.every.call(item.embedding, Number.isFinite) ? item.embedding : null));
   const { rows } = await db.query<{ row_id: string; chunk_no: number; stored: boolean; reason: string | null }>(
-    `select * from regen.write_embeddings($1::text, $2::text, $3::text[], $4::integer[], $5::bytea[],
-                                          lengths => $6::integer[], embeddings => $7::real[])`,
+    `select * from regen.write_embeddings($1::text, $2::text, $3::text[], $4::integer[], $5::bytea[], $6::vector[])`,
     [source, version, items.map((i) => i.rowId), items.map((i) => i.chunkNo), items.map((i) => i.contentHash),
-     lengths, float4ArrayParam(flat)]);
+     vectorArrayParam(await vectorOid(db), vectors)]);
   return rows.map((r) => ({ rowId: r.row_id, chunkNo: r.chunk_no, stored: r.stored, reason: r.reason }));
 }
 
