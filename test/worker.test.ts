@@ -172,6 +172,24 @@ describe('failures', () => {
   });
 });
 
+describe('request limits', () => {
+  it('packs requests within the input and token limits and refuses inputs over the model limit, never cutting them', async () => {
+    await db.query(`select regen.create_version('small@1', 'local-hash', $1, settings => '{"send_dimensions": true, "max_input_tokens": 20}')`, [DIMS]);
+    await db.query(`select regen.unregister_source('manual')`);
+    await db.query(`update manuals set body = body || ' ' || repeat('and a good deal more words ', 5) where id <= 3`);
+    await db.query(`select regen.register_source('manual', 'manuals', 'id', 'body', 'tenant', 'hits', version => 'small@1')`);
+    await db.query(`select * from regen.rebuild('manual')`);
+    worker = await inProcessWorker(env({ REGEN_MAX_INPUTS_PER_REQUEST: '10', REGEN_MAX_TOKENS_PER_REQUEST: '150' }));
+    await waitForClosedGap(db, 'manual');
+    expect(Math.max(...server.stats.log.map((r) => r.inputs))).toBeLessThanOrEqual(10);
+    expect(Math.max(...server.stats.log.map((r) => r.tokens))).toBeLessThanOrEqual(150);
+    const failed = await db.query(`select row_id, error from regen.failed_items order by row_id::int`);
+    expect(failed.rows.map((r) => r.row_id)).toEqual(['1', '2', '3']);
+    expect(failed.rows[0].error).toMatch(/^input has \d+ tokens, over the model's limit of 20: lower chunk_chars or raise max_input_tokens/);
+    for (const text of server.stats.texts.keys()) expect(text).not.toMatch(/a good deal more/);
+  });
+});
+
 describe('edits and keys', () => {
   it('a row edited while its batch is in flight ends with the vector of its final text', async () => {
     server.setLatency(1_500);
