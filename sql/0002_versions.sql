@@ -129,6 +129,7 @@ begin
   insert into regen._versions (tag, provider, model, dimensions, settings)
   values (tag, provider, model, dimensions, v_settings)
   returning id into v_id;
+  perform regen._create_queue(v_id);
 
   -- Partial expression HNSW index over this version's rows only, cast to its dimensions;
   -- halfvec above 2,000 dimensions, the most pgvector indexes as vector.
@@ -141,7 +142,7 @@ begin
 end
 $$;
 comment on function regen.create_version(text, text, integer, text, jsonb) is
-  'Registers a version tag (one vector space: provider, model, dimensions, chunking, preprocessing) and its HNSW index. '
+  'Registers a version tag (one vector space: provider, model, dimensions, chunking, preprocessing), its HNSW index and its queue. '
   'Idempotent for identical settings; RG002 when the tag exists with other settings.';
 
 create view regen.versions as

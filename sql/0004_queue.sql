@@ -1,5 +1,6 @@
--- The rebuild queue: items are enqueued into pg-boss (queue `regen_embed`, created by the
--- installer) as jobs of up to 64 rows of one source, version and API key, in priority order.
+-- The rebuild queue: items are enqueued into pg-boss as jobs of up to 64 rows of one source,
+-- version and API key, in priority order. Each version has its own pg-boss queue,
+-- `regen_embed_v<version id>` (created with the version), so a worker can serve some versions only.
 --
 -- Job priority (pg-boss serves higher first, then older):
 --   fresh edits   1,000,000,000 + weight rank * 1,000       ahead of every backfill
@@ -12,6 +13,30 @@
 -- job: a fresh edit also takes items out of a waiting backfill job (they move ahead), and an edit
 -- of an item whose job is in flight queues it once more. Items of jobs that ended or vanished are
 -- free again. queue_job is cleared when the item is settled (current) or fails.
+
+create function regen._queue(version_id integer)
+returns text
+language sql immutable parallel safe
+as $$ select 'regen_embed_v' || version_id $$;
+comment on function regen._queue(integer) is 'Name of the pg-boss queue of a version';
+
+-- Retries with exponential backoff up to five minutes; a worker killed mid-batch gives its jobs
+-- back after the 30-second heartbeat; a batch running longer than 15 minutes is retried elsewhere.
+create function regen._create_queue(version_id integer)
+returns void
+language plpgsql volatile
+as $$
+begin
+  if to_regprocedure('pgboss.create_queue(text, jsonb)') is null then
+    raise exception 'the pg-boss queue is not installed'
+      using errcode = 'RG030', hint = 'run pgregen install, which installs pg-boss';
+  end if;
+  perform pgboss.create_queue(regen._queue(version_id), jsonb_build_object(
+    'policy', 'standard', 'retryLimit', 10, 'retryDelay', 5, 'retryBackoff', true, 'retryDelayMax', 300,
+    'expireInSeconds', 900, 'heartbeatSeconds', 30, 'partition', false));
+end
+$$;
+comment on function regen._create_queue(integer) is 'Creates the pg-boss queue of a version (idempotent)';
 
 -- Tenants that bring their own API key: the key itself never enters the database, only the name
 -- of the environment variable (or secret file) the worker reads it from.
@@ -66,7 +91,7 @@ begin
       and it.row_id = any(_enqueue.row_ids)          -- primary-key probes per version
       and (it.queue_job is null
            or not exists (select 1 from pgboss.job j
-                          where j.name = 'regen_embed' and j.id = it.queue_job and j.state in ('created', 'retry')
+                          where j.name = regen._queue(it.version_id) and j.id = it.queue_job and j.state in ('created', 'retry')
                             and (j.priority >= 1000000000 or not _enqueue.fresh)))
       and (_enqueue.force or (it.embedded_hash is distinct from it.content_hash
                               and it.failed_hash is distinct from it.content_hash))
@@ -98,10 +123,9 @@ begin
            q.expire_seconds, q.deletion_seconds, now() + q.retention_seconds * interval '1 second',
            q.policy, q.dead_letter, q.heartbeat_seconds
     from jobs j
-    cross join pgboss.queue q
+    join pgboss.queue q on q.name = regen._queue(j.version_id)
     join regen._sources s on s.id = _enqueue.source_id
     join regen._versions v on v.id = j.version_id
-    where q.name = 'regen_embed'
     returning 1
   )
   select (select count(*) from marked) into v_count;

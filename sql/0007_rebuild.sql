@@ -58,7 +58,7 @@ begin
   end if;
   if to_regclass('pgboss.job') is null then
     raise exception 'the pg-boss queue is not installed'
-      using errcode = 'RG030', hint = 'run pgregen install, which installs pg-boss and the regen_embed queue';
+      using errcode = 'RG030', hint = 'run pgregen install, which installs pg-boss';
   end if;
 
   for v_target in
@@ -78,7 +78,7 @@ begin
         from regen._items it
         join %2$s as %3$I on (%3$I.%4$I)::text = it.row_id
         where it.source_id = $1 and it.version_id = $2 and ($3::text is null or it.tenant = $3)
-          and (it.queue_job is null or not exists (select 1 from pgboss.job j where j.name = 'regen_embed'
+          and (it.queue_job is null or not exists (select 1 from pgboss.job j where j.name = regen._queue(it.version_id)
                                                    and j.id = it.queue_job and j.state in ('created', 'retry')))
           and ($4 or (it.embedded_hash is distinct from it.content_hash and it.failed_hash is distinct from it.content_hash))$f$,
         v_target.content_expression, v_target.relation,
@@ -162,15 +162,27 @@ comment on view regen.rebuild_progress is
   'ETA at that rate, failures and the last error';
 
 create function regen.queue_depth()
-returns table (state text, jobs bigint, items bigint)
+returns table (version text, state text, jobs bigint, items bigint)
 language sql stable
 as $$
-  select j.state::text, count(*), coalesce(sum(jsonb_array_length(j.data->'rows')), 0)
-  from pgboss.job j
-  where j.name = 'regen_embed' and j.state in ('created', 'retry', 'active')
-  group by 1 order by 1
+  select v.tag, j.state::text, count(*), coalesce(sum(jsonb_array_length(j.data->'rows')), 0)
+  from regen._versions v
+  join pgboss.job j on j.name = regen._queue(v.id)
+  where j.state in ('created', 'retry', 'active')
+  group by 1, 2 order by 1, 2
 $$;
-comment on function regen.queue_depth() is 'Jobs and items waiting (created, retry) or in flight (active) in the regen_embed queue';
+comment on function regen.queue_depth() is 'Per version, jobs and items waiting (created, retry) or in flight (active) in its queue';
+
+-- Worker-facing: the queue names of versions (all, or the given tags), for the worker to subscribe to.
+create function regen.version_queues(tags text[] default null)
+returns table (version text, queue text)
+language sql stable
+as $$
+  select v.tag, regen._queue(v.id) from regen._versions v
+  where version_queues.tags is null or v.tag = any(version_queues.tags)
+  order by v.id
+$$;
+comment on function regen.version_queues(text[]) is 'Worker-facing: the pg-boss queue of each version (all, or the given tags)';
 
 -- Worker-facing: a batch-level failure (provider unreachable, bad key) shown as the last error of
 -- the source and version in regen.rebuild_progress.

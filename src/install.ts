@@ -17,17 +17,6 @@ export const SQL_DIR = fileURLToPath(new URL('../sql/', import.meta.url));
 // Same key in every installer: two installers started at once take turns.
 const INSTALL_LOCK = 'pgregen.install';
 
-/** The pg-boss queue the rebuild jobs go to, and its defaults (jobs inherit them at enqueue). */
-export const QUEUE = 'regen_embed';
-const QUEUE_OPTIONS = {
-  retryLimit: 10,            // transient failures (provider down, database restart) are retried ...
-  retryDelay: 5,
-  retryBackoff: true,        // ... with exponential backoff,
-  retryDelayMax: 300,        // at most five minutes apart
-  expireInSeconds: 900,      // a batch that runs longer than this is retried elsewhere
-  heartbeatSeconds: 30,      // a worker killed mid-batch gives its jobs back after ~30 s
-};
-
 export interface InstallOptions {
   connectionString?: string;
   /** An already connected client; used as is and left open. */
@@ -143,7 +132,8 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
 
 /**
  * pg-boss keeps its own schema (`pgboss`) and migrations; it is installed (or upgraded) here so that
- * regen.rebuild() can enqueue from SQL before any worker has started, and the queue is created once.
+ * regen.rebuild() can enqueue from SQL before any worker has started. Each version's queue is
+ * created by regen.create_version().
  */
 async function installQueue(client: pg.Client, log: (line: string) => void): Promise<void> {
   const boss = new PgBoss({
@@ -154,11 +144,7 @@ async function installQueue(client: pg.Client, log: (line: string) => void): Pro
   });
   boss.on('error', (err: Error) => log(`pg-boss: ${err.message}`));
   await boss.start();
-  try {
-    if (!(await boss.getQueue(QUEUE))) await boss.createQueue(QUEUE, QUEUE_OPTIONS);
-  } finally {
-    await boss.stop({ graceful: false, close: false });
-  }
+  await boss.stop({ graceful: false, close: false });
 }
 
 async function appliedNames(client: pg.Client): Promise<string[]> {
@@ -179,9 +165,9 @@ export async function uninstall(options: InstallOptions = {}): Promise<Uninstall
       const sources = await client.query<{ name: string }>(
         `select regen.unregister_source(name) as name from regen._sources order by name`);
       await client.query('drop schema regen cascade');
-      // pg-boss's schema may serve other queues of the application: only pgregen's queue goes.
+      // pg-boss's schema may serve other queues of the application: only pgregen's queues go.
       if ((await client.query(`select to_regclass('pgboss.queue') is not null as present`)).rows[0].present) {
-        await client.query(`select pgboss.delete_queue($1)`, [QUEUE]);
+        await client.query(`select pgboss.delete_queue(name) from pgboss.queue where name like 'regen\_embed\_v%'`);
       }
       await client.query('commit');
       return { sources: sources.rows.map((r) => r.name), removed: true };

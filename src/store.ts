@@ -97,11 +97,17 @@ export async function compactGap(db: Db): Promise<number> {
   return Number(rows[0]?.n ?? 0);
 }
 
-export async function queueDepth(db: Db): Promise<Array<{ state: string; jobs: number; items: number }>> {
-  const { rows } = await db.query<{ state: string; jobs: string; items: string }>('select * from regen.queue_depth()');
-  return rows.map((r) => ({ state: r.state, jobs: Number(r.jobs), items: Number(r.items) }));
+export async function queueDepth(db: Db): Promise<Array<{ version: string; state: string; jobs: number; items: number }>> {
+  const { rows } = await db.query<{ version: string; state: string; jobs: string; items: string }>('select * from regen.queue_depth()');
+  return rows.map((r) => ({ version: r.version, state: r.state, jobs: Number(r.jobs), items: Number(r.items) }));
 }
 
 export async function reportError(db: Db, source: string, version: string, message: string): Promise<void> {
   await db.query('select regen.report_error($1::text, $2::text, $3::text)', [source, version, message]);
+}
+
+/** The pg-boss queue of each version (all, or the given tags). */
+export async function versionQueues(db: Db, tags: string[] | null): Promise<Array<{ version: string; queue: string }>> {
+  const { rows } = await db.query<{ version: string; queue: string }>('select * from regen.version_queues($1::text[])', [tags]);
+  return rows;
 }

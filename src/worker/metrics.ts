@@ -17,10 +17,10 @@ export function createMetrics(db: Db) {
   const rateLimited = new Counter({ name: 'pgregen_provider_rate_limited_total', help: 'Provider answers 429', registers: [registry] });
   const failures = new Counter({ name: 'pgregen_failures_total', help: 'Items refused (poison) and batches handed back', labelNames: ['kind'], registers: [registry] });
   new Gauge({
-    name: 'pgregen_queue_depth', help: 'Items in the regen_embed queue by job state', labelNames: ['state'], registers: [registry],
+    name: 'pgregen_queue_depth', help: 'Queued items by version and job state', labelNames: ['version', 'state'], registers: [registry],
     async collect() {
-      for (const state of ['created', 'retry', 'active']) this.set({ state }, 0);
-      for (const row of await queueDepth(db).catch(() => [])) this.set({ state: row.state }, row.items);
+      this.reset();
+      for (const row of await queueDepth(db).catch(() => [])) this.set({ version: row.version, state: row.state }, row.items);
     },
   });
   new Gauge({

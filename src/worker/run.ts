@@ -5,8 +5,7 @@ import { PgBoss } from 'pg-boss';
 import pino from 'pino';
 import { connect, requireSchema } from '../connect.ts';
 import { PgregenError } from '../errors.ts';
-import { QUEUE } from '../install.ts';
-import { compactGap, versionInfo, type VersionInfo } from '../store.ts';
+import { compactGap, versionInfo, versionQueues, type VersionInfo } from '../store.ts';
 import { processBatch, type JobData } from './batch.ts';
 import type { WorkerConfig } from './config.ts';
 import { startHealthServer, type HealthServer } from './http.ts';
@@ -88,8 +87,7 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
   await boss.start();
 
   let stopping = false;
-  const handle = async (jobs: Array<{ id: string; data: JobData }>) => {
-    const wanted = config.versions.length === 0 ? jobs : jobs.filter((j) => config.versions.includes(j.data.version));
+  const handle = async (wanted: Array<{ id: string; data: JobData }>) => {
     const started = performance.now();
     try {
       const result = await processBatch(wanted, {
@@ -105,15 +103,26 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
       throw err;
     }
   };
-  // Jobs of versions this worker does not serve stay in the queue for another worker.
+  // One pg-boss queue per version: this worker subscribes to those of REGEN_VERSIONS, or to every
+  // version's, looking for new versions as it goes.
   const workOptions = { batchSize: config.jobsPerFetch, pollingIntervalSeconds: config.pollIntervalSeconds,
     localConcurrency: Math.max(1, Math.min(4, Math.ceil(config.concurrency / 2))) };
-  await boss.work<JobData>(QUEUE, workOptions, handle);
+  const serving = new Set<string>();
+  const subscribe = async () => {
+    for (const { version: tag, queue } of await versionQueues(pool, config.versions.length ? config.versions : null)) {
+      if (serving.has(queue) || stopping) continue;
+      serving.add(queue);
+      await boss.work<JobData>(queue, workOptions, handle);
+      log.info({ version: tag, queue }, 'serving version');
+    }
+  };
+  await subscribe();
 
-  const compactor = setInterval(() => {
+  const housekeeping = setInterval(() => {
     compactGap(pool).catch((err: Error) => log.warn({ err: err.message }, 'gap compaction failed'));
+    if (config.versions.length === 0) subscribe().catch((err: Error) => log.warn({ err: err.message }, 'looking for new versions failed'));
   }, 10_000);
-  compactor.unref();
+  housekeeping.unref();
 
   const health: HealthServer = await startHealthServer(config.port, metrics.registry, async () => {
     if (stopping) return false;
@@ -124,7 +133,7 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
       return false;
     }
   });
-  log.info({ port: health.port, queue: QUEUE, concurrency: config.concurrency, rpm: config.requestsPerMinute, tpm: config.tokensPerMinute,
+  log.info({ port: health.port, queues: [...serving], concurrency: config.concurrency, rpm: config.requestsPerMinute, tpm: config.tokensPerMinute,
     versions: config.versions.length ? config.versions : 'all' }, 'worker started');
 
   let resolveDone!: () => void;
@@ -138,7 +147,7 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
     const timer = setTimeout(() => abort.abort(new Error('worker shutting down')), config.shutdownTimeoutMs);
     await boss.stop({ graceful: true, timeout: config.shutdownTimeoutMs + 2_000 }).catch((err: Error) => log.warn({ err: err.message }, 'queue stop'));
     clearTimeout(timer);
-    clearInterval(compactor);
+    clearInterval(housekeeping);
     await health.close();
     await pool.end();
     log.info('worker stopped');
