@@ -212,7 +212,7 @@ begin
        where it.source_id = $2 and it.version_id = $3 and it.row_id = p.row_id
          and (it.plan_hash, it.chunk_hashes, it.content_hash) is distinct from (p.content_hash, p.hashes, p.content_hash)
       returning 1
-    ), todo as (
+    ), pending as (
       -- chunks not already stored under the current text
       select p.* from plan p
       where $7 or not exists (select 1 from regen._embeddings e
@@ -223,7 +223,7 @@ begin
       select t.*, case when not $7 then coalesce(
                (select e.embedding from regen._embeddings e where e.version_id = $3 and e.text_hash = t.text_hash limit 1),
                (select c.embedding from regen._cache c where c.version_id = $3 and c.text_hash = t.text_hash)) end as embedding
-      from todo t
+      from pending t
     ), stored as (
       insert into regen._embeddings as e (version_id, source_id, row_id, chunk_no, tenant, content_hash, text_hash, embedding)
       select $3, $2, k.row_id, k.chunk_no, k.tenant, k.content_hash, k.text_hash, k.embedding
