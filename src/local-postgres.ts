@@ -42,8 +42,10 @@ export async function startLocalPostgres(options: LocalPostgresOptions = {}): Pr
   const logPath = join(dir, 'postgres.log');
   let child: ChildProcess | undefined;
   // If the owner never calls stop() (crash, forgotten teardown), don't leave a cluster running.
+  // SIGQUIT (immediate shutdown) and not SIGKILL: the postmaster then takes its backends down too,
+  // where SIGKILL would leave a busy backend running on as an orphan.
   const onExit = () => {
-    child?.kill('SIGKILL');
+    child?.kill('SIGQUIT');
     rmSync(dir, { recursive: true, force: true });
   };
   process.on('exit', onExit);
@@ -175,7 +177,7 @@ async function waitUntilReady(url: string, data: string, died: () => string | un
   throw new Error(`postgres did not accept connections within 30 s (${String(lastError)}):\n${await tail(logPath)}`);
 }
 
-/** Fast shutdown (SIGINT: abort transactions, no waiting for clients); SIGKILL after 10 s. */
+/** Fast shutdown (SIGINT: abort transactions, no waiting for clients); immediate (SIGQUIT) after 10 s. */
 async function shutdown(child: ChildProcess): Promise<void> {
   if (child.exitCode !== null || child.signalCode !== null) return;
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
@@ -183,7 +185,7 @@ async function shutdown(child: ChildProcess): Promise<void> {
   let timer: NodeJS.Timeout | undefined;
   const timedOut = new Promise<boolean>((resolve) => (timer = setTimeout(() => resolve(true), 10_000)));
   if (await Promise.race([exited.then(() => false), timedOut])) {
-    child.kill('SIGKILL');
+    child.kill('SIGQUIT');
     await exited;
   }
   clearTimeout(timer);
