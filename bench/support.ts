@@ -114,6 +114,9 @@ export function machineLines(server: ServerInfo): string[] {
   return [
     `machine: ${cpus.length} cores (${cpus[0]?.model ?? 'unknown CPU'}), ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB memory, ${os.platform()} ${os.release()}`,
     `Node ${process.version}; ${server.postgres}; pgvector ${server.pgvector}`,
+    // A shared machine: other work running at the same time shows here, and in the spread of runs.
+    `load average at the end (1/5/15 min): ${os.loadavg().map((l) => l.toFixed(2)).join(' / ')}` +
+      (os.getPriority() === 0 ? '' : `; the benchmark ran at nice ${os.getPriority()}`),
   ];
 }
 
@@ -154,9 +157,11 @@ export function fmtInt(n: number): string {
 /** A markdown table padded to aligned columns, so the same text reads well in a terminal. */
 export function renderTable(table: Table): string {
   const widths = table.headers.map((h, i) => Math.max(h.length, ...table.rows.map((r) => (r[i] ?? '').length)));
+  // Figures right-aligned so their digits line up; words left-aligned.
+  const right = table.headers.map((_, i) => table.rows.every((r) => /^[\d<>≤≥—]/.test(r[i] ?? '')));
   const line = (cells: string[]) =>
-    `| ${cells.map((c, i) => (i === 0 ? c.padEnd(widths[i]!) : c.padStart(widths[i]!))).join(' | ')} |`;
-  const rule = `|${widths.map((w, i) => (i === 0 ? `${'-'.repeat(w + 1)}-` : `${'-'.repeat(w + 1)}:`)).join('|')}|`;
+    `| ${cells.map((c, i) => (right[i] ? c.padStart(widths[i]!) : c.padEnd(widths[i]!))).join(' | ')} |`;
+  const rule = `|${widths.map((w, i) => `${'-'.repeat(w + 1)}${right[i] ? ':' : '-'}`).join('|')}|`;
   const out = [`**${table.title}**`, '', line(table.headers), rule, ...table.rows.map(line)];
   if (table.notes?.length) out.push('', ...table.notes);
   return out.join('\n');

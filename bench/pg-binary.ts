@@ -1,6 +1,7 @@
-// PostgreSQL's binary COPY format for rows of regen._embeddings, written by hand so the ceiling
-// measures the server, not a text formatter. Layout: https://www.postgresql.org/docs/current/sql-copy.html
-// (file formats, binary format); pgvector's binary vector is int16 dim, int16 unused, dim float4 BE.
+// PostgreSQL binary formats written by hand, so the ceilings measure the server, not a text
+// formatter: the COPY stream for rows of regen._embeddings (https://www.postgresql.org/docs/current/sql-copy.html,
+// binary format), and the two array parameters a batch of vectors can travel in: one float4[] of
+// every vector end to end, or a vector[]. pgvector's binary vector is int16 dim, int16 unused, dim float4 BE.
 import os from 'node:os';
 
 export interface EmbeddingRow {
@@ -57,12 +58,46 @@ function writeTuple(buf: Buffer, start: number, row: EmbeddingRow, versionId: nu
   bytes(row.tenant);
   bytes(row.contentHash);
   bytes(row.textHash);
-  const vector = row.embedding;
-  at = buf.writeInt32BE(4 + vector.byteLength, at);
+  return writeVector(buf, at, row.embedding);
+}
+
+/** Length word, then the vector in pgvector's binary format; returns the offset after it. */
+function writeVector(buf: Buffer, start: number, vector: Float32Array): number {
+  let at = buf.writeInt32BE(4 + vector.byteLength, start);
   at = buf.writeInt16BE(vector.length, at);
   at = buf.writeInt16BE(0, at);
   const floats = Buffer.from(vector.buffer, vector.byteOffset, vector.byteLength);
   floats.copy(buf, at);
   if (SWAP) buf.subarray(at, at + floats.length).swap32();
   return at + floats.length;
+}
+
+/** A one-dimensional vector[] in binary wire format (pg sends Buffer parameters as binary). */
+export function vectorArrayParam(vectors: Float32Array[], vectorTypeOid: number): Buffer {
+  const buf = Buffer.allocUnsafe(20 + vectors.reduce((size, v) => size + 8 + v.byteLength, 0));
+  let at = buf.writeInt32BE(1, 0);          // dimensions
+  at = buf.writeInt32BE(0, at);             // no nulls
+  at = buf.writeInt32BE(vectorTypeOid, at); // element type
+  at = buf.writeInt32BE(vectors.length, at);
+  at = buf.writeInt32BE(1, at);             // lower bound
+  for (const v of vectors) at = writeVector(buf, at, v);
+  return buf;
+}
+
+/**
+ * One float4[] holding every vector end to end, each element preceded by its length word, as
+ * PostgreSQL's binary array format wants (the wire format regen.write_embeddings took at first).
+ */
+export function float4ArrayParam(vectors: Float32Array[]): Buffer {
+  const count = vectors.reduce((n, v) => n + v.length, 0);
+  const buf = Buffer.allocUnsafe(20 + count * 8);
+  let at = buf.writeInt32BE(1, 0);   // dimensions
+  at = buf.writeInt32BE(0, at);      // no nulls
+  at = buf.writeInt32BE(700, at);    // element type: float4
+  at = buf.writeInt32BE(count, at);
+  at = buf.writeInt32BE(1, at);      // lower bound
+  for (const v of vectors) {
+    for (let i = 0; i < v.length; i++) at = buf.writeFloatBE(v[i]!, buf.writeInt32BE(4, at));
+  }
+  return buf;
 }
