@@ -279,11 +279,12 @@ as $$
     left join regen._sources s on s.name = write_embeddings.source
     left join regen._versions v on v.tag = write_embeddings.version
   ), input as (
-    select u.ord, u.row_id, u.chunk_no, u.content_hash, u.vec
+    -- the vectors themselves stay in the array: judged is materialized, and 6 kB a row would spill
+    select u.ord, u.row_id, u.chunk_no, u.content_hash, vector_dims(u.vec) as dims
     from unnest(write_embeddings.row_ids, write_embeddings.chunk_nos, write_embeddings.content_hashes,
                 write_embeddings.embeddings) with ordinality as u(row_id, chunk_no, content_hash, vec, ord)
   ), judged as (
-    select i.ord, i.row_id, i.chunk_no, i.content_hash, i.vec, a.source_id, a.version_id, it.tenant,
+    select i.ord, i.row_id, i.chunk_no, i.content_hash, a.source_id, a.version_id, it.tenant,
            it.chunk_hashes[i.chunk_no] as text_hash,
            case
              when cardinality(write_embeddings.row_ids) is distinct from cardinality(write_embeddings.chunk_nos)
@@ -294,8 +295,8 @@ as $$
              when a.version_id is null then format('unknown version %L', write_embeddings.version)
              when row_number() over (partition by i.row_id, i.chunk_no order by i.ord) > 1
                then 'duplicate item: this row and chunk already appear earlier in the batch'
-             when i.vec is null then 'NaN or infinity not allowed in vector'
-             when vector_dims(i.vec) <> a.dimensions then format('expected %s dimensions, not %s', a.dimensions, vector_dims(i.vec))
+             when i.dims is null then 'NaN or infinity not allowed in vector'
+             when i.dims <> a.dimensions then format('expected %s dimensions, not %s', a.dimensions, i.dims)
              when it.row_id is null then 'row is not tracked for this version: deleted, filtered out, or not registered'
              when i.content_hash is distinct from it.content_hash then 'stale: the source text changed after the input was prepared'
              when it.plan_hash is distinct from it.content_hash or i.chunk_no is null
@@ -307,7 +308,7 @@ as $$
     left join regen._items it on it.source_id = a.source_id and it.version_id = a.version_id and it.row_id = i.row_id
   ), stored as (
     insert into regen._embeddings as e (version_id, source_id, row_id, chunk_no, tenant, content_hash, text_hash, embedding)
-    select j.version_id, j.source_id, j.row_id, j.chunk_no, j.tenant, j.content_hash, j.text_hash, j.vec
+    select j.version_id, j.source_id, j.row_id, j.chunk_no, j.tenant, j.content_hash, j.text_hash, write_embeddings.embeddings[j.ord]
     from judged j where j.reason is null
     on conflict (version_id, source_id, row_id, chunk_no) do update
       set tenant = excluded.tenant, content_hash = excluded.content_hash, text_hash = excluded.text_hash,
