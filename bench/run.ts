@@ -9,12 +9,11 @@
 // either a BenchReport (tables; this file lays out the section) or { name, markdown } (a section
 // it laid out itself). DATABASE_URL: measure on that server (scratch databases are created and
 // dropped) instead of a throwaway local cluster, for the benchmarks that support it.
-import { execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { machineLines, renderTable, type BenchOptions, type BenchReport } from './support.ts';
+import { commandLine, machineLines, renderTable, revision, type BenchOptions, type BenchReport } from './support.ts';
 
 type Section = { name: string; markdown: string };
 type Bench = { name: string; run: (options: BenchOptions) => Promise<BenchReport | Section> };
@@ -39,9 +38,7 @@ if (unknown.length) {
   process.exit(2);
 }
 const selected = benchmarks.filter((b) => !values.only || values.only.includes(b.name));
-const command = process.env.npm_lifecycle_event === 'bench'
-  ? ['npm run bench', ...(process.argv.length > 2 ? ['--', ...process.argv.slice(2)] : [])].join(' ')
-  : ['node bench/run.ts', ...process.argv.slice(2)].join(' ');
+const command = commandLine();
 
 let failed = false;
 for (const bench of selected) {
@@ -114,13 +111,3 @@ async function writeSection(name: string, body: string): Promise<void> {
   await writeFile(RESULTS, `${text.trimEnd()}\n`);
 }
 
-/** The commit measured, and whether sql/ or src/ differed from it: figures belong to a version. */
-function revision(): string {
-  try {
-    const git = (...args: string[]) => execFileSync('git', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-    const dirty = git('status', '--porcelain', '--', 'sql', 'src') !== '';
-    return `commit ${git('rev-parse', '--short', 'HEAD')}${dirty ? ' with uncommitted changes in sql/ or src/' : ''}`;
-  } catch {
-    return 'unknown (not a git checkout)';
-  }
-}

@@ -1,4 +1,5 @@
 // Shared by the benchmarks: where the database comes from, timing, statistics and tables.
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import os from 'node:os';
 import pg from 'pg';
@@ -192,4 +193,23 @@ export function seededVector(seed: number, dimensions: number): Float32Array {
 /** Throws with `message` when `ok` is false: a benchmark that measured the wrong thing must not report. */
 export function check(ok: boolean, message: string): asserts ok {
   if (!ok) throw new Error(`benchmark check failed: ${message}`);
+}
+
+/** The command that is running, as a reader would type it. */
+export function commandLine(): string {
+  const args = process.argv.slice(2);
+  return process.env.npm_lifecycle_event === 'bench'
+    ? ['npm run bench', ...(args.length ? ['--', ...args] : [])].join(' ')
+    : ['node bench/run.ts', ...args].join(' ');
+}
+
+/** The commit measured, and whether sql/ or src/ differed from it: figures belong to a version. */
+export function revision(): string {
+  try {
+    const git = (...args: string[]) => execFileSync('git', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    const dirty = git('status', '--porcelain', '--', 'sql', 'src') !== '';
+    return `commit ${git('rev-parse', '--short', 'HEAD')}${dirty ? ' with uncommitted changes in sql/ or src/' : ''}`;
+  } catch {
+    return 'unknown (not a git checkout)';
+  }
 }

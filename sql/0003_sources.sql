@@ -163,6 +163,7 @@ begin
       select %1$s, sv.version_id, c.row_id, c.tenant, c.priority, c.content_hash
       from (%2$s) c cross join regen._source_versions sv
       where sv.source_id = %1$s
+      order by sv.version_id, c.row_id   -- the order the worker locks items in: no deadlock between the two
       on conflict (source_id, version_id, row_id) do update
         set tenant = excluded.tenant, priority = excluded.priority,
             content_hash = excluded.content_hash, changed_at = now()
@@ -183,16 +184,14 @@ begin
       if tg_op = 'INSERT' then
         %3$s;
       elsif tg_op = 'UPDATE' then
-        -- rows that left the source (id changed, filtered out, text now null) lose items and vectors
-        with gone as (
-          select o.row_id from (%4$s) o
-          except select c.row_id from (%5$s) c
-        ), del as (
-          delete from regen._items it using gone
-          where it.source_id = %6$s and it.row_id = gone.row_id
-          returning it.row_id
-        )
-        delete from regen._embeddings e using gone
+        -- rows that left the source (id changed, filtered out, text now null) lose items and vectors.
+        -- Two statements: deleting the items waits for a worker's write_embeddings that holds them,
+        -- and only a statement started after that sees (and deletes) the vectors it wrote.
+        delete from regen._items it
+        using (select o.row_id from (%4$s) o except select c.row_id from (%5$s) c) gone
+        where it.source_id = %6$s and it.row_id = gone.row_id;
+        delete from regen._embeddings e
+        using (select o.row_id from (%4$s) o except select c.row_id from (%5$s) c) gone
         where e.source_id = %6$s and e.row_id = gone.row_id;
         %3$s;
         -- a row that moved to another tenant moves its vectors with it
@@ -202,11 +201,10 @@ begin
           and e.source_id = it.source_id and e.version_id = it.version_id and e.row_id = it.row_id
           and e.tenant is distinct from it.tenant;
       elsif tg_op = 'DELETE' then
-        with gone as (%4$s), del as (
-          delete from regen._items it using gone
-          where it.source_id = %6$s and it.row_id = gone.row_id
-        )
-        delete from regen._embeddings e using gone
+        -- items first, then vectors, in two statements (see UPDATE)
+        delete from regen._items it using (%4$s) gone
+        where it.source_id = %6$s and it.row_id = gone.row_id;
+        delete from regen._embeddings e using (%4$s) gone
         where e.source_id = %6$s and e.row_id = gone.row_id;
       elsif tg_op = 'TRUNCATE' then
         delete from regen._items where source_id = %6$s;
@@ -253,6 +251,7 @@ declare
   v_id_attnum smallint;
   v_path text;
   v_col name;
+  v_captured bigint;
 begin
   if name is null or name !~ '^[a-z][a-z0-9_]{0,39}$' then
     raise exception 'source name must be 1 to 40 lowercase letters, digits or underscores, starting with a letter, not %',
@@ -327,6 +326,12 @@ begin
     insert into regen._items (source_id, version_id, row_id, tenant, priority, content_hash)
     select %1$s, %2$s, c.row_id, c.tenant, c.priority, c.content_hash from (%3$s) c$f$,
     v_source.id, v_version_id, regen._capture_select(v_source, relation::text));
+  get diagnostics v_captured = row_count;
+  -- A bulk capture leaves regen._items without statistics until autovacuum comes by; the planner
+  -- would then pick nested loops over thousands of items for the worker's first batches.
+  if v_captured >= 1000 then
+    analyze regen._items;
+  end if;
   return name;
 end
 $$;

@@ -190,6 +190,13 @@ begin
                       and it.row_id = any(prepare_inputs.row_ids) and it.queue_job = prepare_inputs.job_id);
   end if;
 
+  -- Lock the items in the order write_embeddings and the capture triggers take them (so the three
+  -- never deadlock); an edit of these rows then waits, and the statement below sees the latest text.
+  perform 1 from regen._items it
+   where it.source_id = v_source.id and it.version_id = v_version.id and it.row_id = any(v_rows)
+   order by it.row_id
+   for update;
+
   -- One statement, so the settle trigger of the cache-hit insert sees the recorded plan.
   perform set_config('search_path', v_source.expression_search_path, true);
   return query execute format($f$
@@ -204,13 +211,16 @@ begin
       cross join lateral regen.chunk_text(regen.preprocess(r.content, $4), $5, $6) ch
       where $7 or it.embedded_hash is distinct from sha256(convert_to(r.content, 'UTF8'))
     ), recorded as (
-      -- the chunks that make up the current text (written only where it changed)
+      -- the chunks that make up the current text (written only where it changed). Only while the
+      -- item still records that text: an edit that commits meanwhile has set a newer content_hash,
+      -- which must stay (its capture trigger already queued the edit).
       update regen._items it
-         set plan_hash = p.content_hash, chunk_hashes = p.hashes, content_hash = p.content_hash
+         set plan_hash = p.content_hash, chunk_hashes = p.hashes
         from (select p.row_id, p.content_hash, array_agg(p.text_hash order by p.chunk_no) as hashes
                 from plan p group by p.row_id, p.content_hash) p
        where it.source_id = $2 and it.version_id = $3 and it.row_id = p.row_id
-         and (it.plan_hash, it.chunk_hashes, it.content_hash) is distinct from (p.content_hash, p.hashes, p.content_hash)
+         and it.content_hash = p.content_hash
+         and (it.plan_hash, it.chunk_hashes) is distinct from (p.content_hash, p.hashes)
       returning 1
     ), pending as (
       -- chunks not already stored under the current text

@@ -92,14 +92,17 @@ export class Pacer {
     this.pausedUntil = Math.max(this.pausedUntil, Date.now() + ms);
   }
 
-  /** Reads x-ratelimit-* headers: when the provider's budget is nearly spent, wait for its reset. */
+  /**
+   * Reads x-ratelimit-* headers: when the provider says a budget is spent (remaining 0), nobody
+   * sends before its reset. Our own buckets keep below the limit, so this only happens when
+   * something else shares the key.
+   */
   observe(headers: { get(name: string): string | null } | undefined): void {
     if (!headers) return;
     for (const kind of ['requests', 'tokens']) {
-      const limit = Number(headers.get(`x-ratelimit-limit-${kind}`));
-      const remaining = Number(headers.get(`x-ratelimit-remaining-${kind}`));
+      const remaining = headers.get(`x-ratelimit-remaining-${kind}`);
       const reset = parseDuration(headers.get(`x-ratelimit-reset-${kind}`));
-      if (limit > 0 && Number.isFinite(remaining) && remaining <= limit * 0.01 && reset !== undefined) this.pause(reset);
+      if (remaining !== null && remaining.trim() !== '' && Number(remaining) <= 0 && reset !== undefined) this.pause(reset);
     }
   }
 

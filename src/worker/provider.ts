@@ -79,13 +79,17 @@ export class Provider {
     const { pacer, events, signal, maxAttempts } = this.options;
     const tokens = request.tokens.reduce((a, b) => a + b, 0);
     for (let attempt = 0; ; attempt++) {
-      const started = performance.now();
+      // The request's own time: from when the pacer lets it go, not from when it began to wait.
+      let started = performance.now();
       try {
-        const { data, response } = await pacer.run(tokens, () => this.client.embeddings.create({
-          model: request.model,
-          input: request.texts,
-          ...(request.sendDimensions ? { dimensions: request.dimensions } : {}),
-        }, { signal }).withResponse());
+        const { data, response } = await pacer.run(tokens, () => {
+          started = performance.now();
+          return this.client.embeddings.create({
+            model: request.model,
+            input: request.texts,
+            ...(request.sendDimensions ? { dimensions: request.dimensions } : {}),
+          }, { signal }).withResponse();
+        });
         pacer.observe(response.headers);
         events?.onRequest?.({ status: response.status, seconds: (performance.now() - started) / 1000, inputs: request.texts.length, tokens });
         const byIndex = [...data.data].sort((a, b) => a.index - b.index).map((d) => d.embedding as number[]);

@@ -105,7 +105,9 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
   };
   // One pg-boss queue per version: this worker subscribes to those of REGEN_VERSIONS, or to every
   // version's, looking for new versions as it goes.
+  // After a full fetch the next one follows at once (burst); the poll interval applies when idle.
   const workOptions = { batchSize: config.jobsPerFetch, pollingIntervalSeconds: config.pollIntervalSeconds,
+    burstWhenBatchFull: true, burstWhenReadyExceeds: 1,
     localConcurrency: Math.max(1, Math.min(4, Math.ceil(config.concurrency / 2))) };
   const serving = new Set<string>();
   const subscribe = async () => {
