@@ -318,8 +318,12 @@ as $$
     left join regen._items it on it.source_id = a.source_id and it.version_id = a.version_id and it.row_id = i.row_id
   ), stored as (
     insert into regen._embeddings as e (version_id, source_id, row_id, chunk_no, tenant, content_hash, text_hash, embedding)
-    select j.version_id, j.source_id, j.row_id, j.chunk_no, j.tenant, j.content_hash, j.text_hash, write_embeddings.embeddings[j.ord]
-    from judged j where j.reason is null
+    select j.version_id, j.source_id, j.row_id, j.chunk_no, j.tenant, j.content_hash, j.text_hash, v.vec
+    from judged j
+    -- a second pass over the array, joined on position: embeddings[j.ord] would walk the array
+    -- from its start for every item (elements of varying size), quadratic in the batch
+    join unnest(write_embeddings.embeddings) with ordinality as v(vec, ord) on v.ord = j.ord
+    where j.reason is null
     on conflict (version_id, source_id, row_id, chunk_no) do update
       set tenant = excluded.tenant, content_hash = excluded.content_hash, text_hash = excluded.text_hash,
           embedding = excluded.embedding, embedded_at = now()
