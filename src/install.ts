@@ -55,9 +55,16 @@ async function withClient<T>(options: InstallOptions, fn: (client: pg.Client) =>
 
 /** Schema of the pgvector extension, installing it when missing and allowed. */
 async function ensureVector(client: pg.Client): Promise<string> {
-  const found = await client.query<{ schema: string }>(
-    `select extnamespace::regnamespace::text as schema from pg_extension where extname = 'vector'`);
-  if (found.rows[0]) return found.rows[0].schema;
+  const found = await client.query<{ schema: string; version: string }>(
+    `select extnamespace::regnamespace::text as schema, extversion as version from pg_extension where extname = 'vector'`);
+  if (found.rows[0]) {
+    const [major = 0, minor = 0] = found.rows[0].version.split('.').map(Number);
+    if (major === 0 && minor < 8) {
+      throw new PgregenError(`pgvector ${found.rows[0].version} is too old: pgregen needs pgvector 0.8 or newer (iterative index scans)`,
+        'upgrade the package, then run: alter extension vector update;');
+    }
+    return found.rows[0].schema;
+  }
   const available = await client.query(`select 1 from pg_available_extensions where name = 'vector'`);
   if (available.rowCount === 0) {
     throw new PgregenError('pgvector is not installed on the database server',
@@ -164,6 +171,13 @@ export async function uninstall(options: InstallOptions = {}): Promise<Uninstall
       await client.query('begin');
       const sources = await client.query<{ name: string }>(
         `select regen.unregister_source(name) as name from regen._sources order by name`);
+      // What regen.grant_admin() gave in pg-boss's schema stays with it: take it back (the rest of the
+      // grants and the row-level security policies go with schema regen).
+      if ((await client.query(`select to_regprocedure('regen.revoke_admin(regrole)') is not null as present`)).rows[0].present) {
+        await client.query(`select regen.revoke_admin(r.oid::regrole)
+                              from pg_policy p, unnest(p.polroles) as r(oid)
+                             where p.polrelid = 'regen._embeddings'::regclass and p.polname like 'admin\_%'`);
+      }
       await client.query('drop schema regen cascade');
       // pg-boss's schema may serve other queues of the application: only pgregen's queues go.
       if ((await client.query(`select to_regclass('pgboss.queue') is not null as present`)).rows[0].present) {

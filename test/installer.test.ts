@@ -29,7 +29,7 @@ afterAll(async () => {
   await admin.end();
 });
 
-const ALL = ['tables', 'versions', 'sources', 'queue', 'store', 'gap_views', 'rebuild'];
+const ALL = ['tables', 'versions', 'sources', 'queue', 'store', 'gap_views', 'rebuild', 'search'];
 
 describe('install', () => {
   it('applies every migration into schema regen and is a no-op when run again', async () => {
@@ -47,7 +47,7 @@ describe('install', () => {
     expect(second.alreadyApplied).toEqual(ALL);
     expect((await fingerprint()).rows[0]).toEqual(before);
     const ids = await pool.query('select id from regen.migrations order by id');
-    expect(ids.rows.map((r) => r.id)).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
+    expect(ids.rows.map((r) => r.id)).toEqual(Array.from({ length: ALL.length + 1 }, (_, i) => i));
     await pool.end();
   });
 
@@ -113,7 +113,11 @@ describe('install', () => {
 describe('uninstall', () => {
   it('removes schema regen and every trigger it put on user tables, leaving tables and rows untouched', async () => {
     const { url, pool } = await emptyDatabase();
+    const defaultAcls = async () => (await pool.query('select count(*)::int as n from pg_default_acl')).rows[0].n as number;
+    const aclsBefore = await defaultAcls();
     await install({ connectionString: url });
+    await pool.query(`create role pgregen_uninstall_app`).catch(() => {});
+    await pool.query(`select regen.grant_app('pgregen_uninstall_app'), regen.grant_admin('pgregen_uninstall_app')`);
     await pool.query(`create table public.notes (id int primary key, body text)`);
     await pool.query(`insert into public.notes select g, 'note ' || g from generate_series(1, 50) g`);
     await pool.query(`select regen.create_version('t@1', 'm', 3)`);
@@ -128,6 +132,10 @@ describe('uninstall', () => {
     expect((await pool.query('select count(*)::int as n, sum(id)::int as s from public.notes')).rows[0]).toEqual({ n: 50, s: 1275 });
     // writes to the table work without pgregen
     await pool.query(`update public.notes set body = 'changed' where id = 1`);
+    // grants, policies and default privileges went with the schema; the role is the user's and stays
+    expect(await defaultAcls()).toBe(aclsBefore);
+    expect((await pool.query(`select count(*)::int as n from pg_roles where rolname = 'pgregen_uninstall_app'`)).rows[0].n).toBe(1);
+    await pool.query('drop role pgregen_uninstall_app');   // nothing of pgregen holds on to it any more
     // pgvector stays: it is not pgregen's to remove
     expect((await pool.query(`select count(*)::int as n from pg_extension where extname = 'vector'`)).rows[0].n).toBe(1);
     expect(await uninstall({ connectionString: url })).toEqual({ sources: [], removed: false });
