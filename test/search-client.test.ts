@@ -1,0 +1,99 @@
+// The TypeScript search() helper, end to end: the worker embeds the documents through the local
+// OpenAI-compatible server, and search() embeds the query through the same server with the
+// version's model, sets the tenant for one transaction only, and gets the tenant's nearest chunks.
+import { randomBytes } from 'node:crypto';
+import OpenAI from 'openai';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { search } from '../src/search.ts';
+import { startEmbeddingServer, type EmbeddingServer } from '../src/provider-server.ts';
+import type { RunningWorker } from '../src/worker/run.ts';
+import { freshDatabase, keepOnFailure, type TestDatabase } from './support/db.ts';
+import { inProcessWorker, waitForClosedGap, workerEnv } from './support/worker.ts';
+
+const TEXTS = [
+  'How do I reset my password?',
+  'Exporting invoices as PDF',
+  'Two-factor authentication with an authenticator app',
+  'Changing the billing address of an account',
+  'Inviting colleagues to a workspace',
+];
+
+describe('search()', () => {
+  let db: TestDatabase;
+  let server: EmbeddingServer;
+  let worker: RunningWorker;
+  let app: pg.Pool;
+  let openai: OpenAI;
+  const role = `pgregen_app_${randomBytes(4).toString('hex')}`;
+  keepOnFailure(() => db);
+
+  beforeAll(async () => {
+    db = await freshDatabase('search_client');
+    server = await startEmbeddingServer({ dimensions: 32 });
+    // Two tenants hold the same texts under different ids: a leak would show as the other's ids.
+    await db.query(`create table articles (id int primary key, tenant text not null, body text not null)`);
+    await db.query(`insert into articles
+                    select i, case when i < 10 then 'acme' else 'globex' end, ($1::text[])[i % ${TEXTS.length} + 1]
+                    from generate_series(0, 19) i`, [TEXTS]);
+    await db.query(`select regen.create_version('search@1', 'local-hash', 32,
+                      settings => '{"send_dimensions": true, "distance": "cosine", "lowercase": true}')`);
+    await db.query(`select regen.register_source('articles', 'articles', 'id', 'body', tenant_column => 'tenant', version => 'search@1')`);
+    await db.query('select regen.rebuild()');
+    worker = await inProcessWorker(workerEnv(db.url, server));
+    await waitForClosedGap(db, 'articles');
+
+    await db.query(`create role ${role} login`);
+    await db.query('select regen.grant_app($1)', [role]);
+    const url = new URL(db.url);
+    url.username = role;
+    app = new pg.Pool({ connectionString: url.toString(), max: 1 });
+    openai = new OpenAI({ apiKey: 'test', baseURL: server.url });
+  }, 60_000);
+
+  afterAll(async () => {
+    await app?.end();
+    await worker?.stop();
+    await server?.close();
+    await db?.query(`drop owned by ${role}`).catch(() => {});
+    await db?.query(`drop role if exists ${role}`).catch(() => {});
+  });
+
+  it("embeds the query with the version's model and returns the tenant's nearest chunks, nearest first", async () => {
+    // The version lowercases, so the query is lowercased in SQL before it is embedded, like the documents.
+    const hits = await search({ pool: app, openai }, 'EXPORTING INVOICES AS PDF', { tenant: 'acme', k: 3 });
+    expect(hits).toHaveLength(3);
+    expect(hits[0]).toMatchObject({ source: 'articles', chunkNo: 1, version: 'search@1' });
+    expect(hits[0]!.distance).toBeCloseTo(0, 5);
+    const { rows } = await db.query<{ id: number; tenant: string; body: string }>(
+      'select id, tenant, body from articles where id = any($1::int[]) order by id', [hits.map((h) => Number(h.rowId))]);
+    expect(rows.every((r) => r.tenant === 'acme')).toBe(true);
+    expect(rows.find((r) => String(r.id) === hits[0]!.rowId)!.body).toBe(TEXTS[1]);
+    expect(hits.map((h) => h.distance)).toEqual([...hits.map((h) => h.distance)].sort((a, b) => a - b));
+  });
+
+  it('never returns another tenant\'s rows, and leaves no tenant on the pooled connection', async () => {
+    for (const tenant of ['acme', 'globex', 'initech']) {
+      const hits = await search({ pool: app, openai }, TEXTS[0]!, { tenant, k: 20 });
+      const { rows } = await db.query<{ tenant: string }>('select tenant from articles where id = any($1::int[])',
+        [hits.map((h) => Number(h.rowId))]);
+      expect(rows.map((r) => r.tenant)).toEqual(rows.map(() => tenant));
+      expect(hits).toHaveLength(tenant === 'initech' ? 0 : 10);
+    }
+    // The one connection of the pool, after the searches: no tenant, and search_scoped refuses.
+    const { rows } = await app.query(`select current_setting('regen.tenant_id', true) as tenant`);
+    expect(rows[0].tenant ?? '').toBe('');
+    await expect(app.query(`select * from regen.search_scoped(array_fill(0.1, array[32])::vector)`))
+      .rejects.toMatchObject({ code: 'RG040' });
+  });
+
+  it('takes k, sources and maxDistance to SQL, and says what is wrong with bad arguments', async () => {
+    expect(await search({ pool: app, openai }, TEXTS[2]!, { tenant: 'acme', k: 1, maxDistance: 1e-6 })).toHaveLength(1);
+    expect(await search({ pool: app, openai }, 'nothing like any article', { tenant: 'acme', maxDistance: 1e-6 })).toEqual([]);
+    await expect(search({ pool: app, openai }, TEXTS[0]!, { tenant: 'acme', sources: ['nope'] }))
+      .rejects.toMatchObject({ code: 'RG010' });
+    await expect(search({ pool: app, openai }, TEXTS[0]!, { tenant: 'acme', k: 0 })).rejects.toMatchObject({ code: 'RG041' });
+    await expect(search({ pool: app, openai }, TEXTS[0]!, { tenant: '' })).rejects.toThrow(/no tenant given/);
+    await expect(search({ pool: app, openai }, ' ', { tenant: 'acme' })).rejects.toThrow(/query text is empty/);
+  });
+});
