@@ -12,6 +12,14 @@ create function regen.tg_items__count() returns trigger
 language plpgsql set jit = off
 as $$
 begin
+  -- Statement triggers fire for statements that changed no row as well: nothing to count then.
+  if tg_op = 'DELETE' then
+    if not exists (select from old_rows) then
+      return null;
+    end if;
+  elsif not exists (select from new_rows) then
+    return null;
+  end if;
   if tg_op = 'INSERT' then
     insert into regen._gap_deltas (source_id, version_id, tenant, state, queued, n)
     select source_id, version_id, tenant, regen._state(content_hash, embedded_hash, failed_hash, has_legacy), queue_job is not null, count(*)
@@ -85,6 +93,9 @@ create function regen.tg_embeddings__settle() returns trigger
 language plpgsql set jit = off
 as $$
 begin
+  if not exists (select from new_rows) then
+    return null;   -- a statement that wrote no vector
+  end if;
   with touched as (
     select distinct version_id, source_id, row_id from new_rows
   ), done as (
@@ -117,6 +128,9 @@ create function regen.tg_embeddings__release() returns trigger
 language plpgsql set jit = off
 as $$
 begin
+  if not exists (select from old_rows) then
+    return null;   -- a statement that removed or replaced no vector
+  end if;
   if tg_op = 'DELETE' then
     insert into regen._cache (version_id, text_hash, embedding)
     select distinct on (o.version_id, o.text_hash) o.version_id, o.text_hash, o.embedding
