@@ -13,6 +13,7 @@ import pg from 'pg';
 import { install } from '../src/install.ts';
 import { startLocalPostgres, type LocalPostgres } from '../src/local-postgres.ts';
 import { commandLine, revision } from './support.ts';
+import { mulberry32 } from '../src/prng.ts';
 
 export interface BenchResult {
   /** The marker name of the section in bench/RESULTS.md: <!-- bench:NAME:start --> … <!-- bench:NAME:end --> */
@@ -89,16 +90,8 @@ export async function startCluster(say: (line: string) => void): Promise<Cluster
   };
 }
 
-/** mulberry32: seeded, so every run builds the same documents. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seeded, so every run builds the same documents. */
+export const prng = mulberry32;
 
 /** Standard normal deviate (Box–Muller) from a uniform source. */
 export function gaussian(random: () => number): number {

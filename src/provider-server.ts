@@ -10,6 +10,7 @@ import { countTokens } from './tokens.ts';
 import { ApiError, invalidInput, parseRequest, type EmbeddingRequest } from './provider-server/request.ts';
 import { RateLimiter, formatDuration } from './provider-server/rate-limit.ts';
 import { hashedEmbedding } from './provider-server/hashed-embedding.ts';
+import { mulberry32 } from './prng.ts';
 
 export { hashedEmbedding };
 
@@ -79,16 +80,7 @@ function toBase64(vector: Float32Array): string {
   return bytes.toString('base64');
 }
 
-/** mulberry32: small, fast and good enough to decide which requests fail. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+const prng = mulberry32;   // decides which requests fail
 
 function redactKey(key: string): string {
   return key.length > 8 ? `${key.slice(0, 3)}${'*'.repeat(Math.min(key.length - 7, 20))}${key.slice(-4)}` : key;

@@ -8,22 +8,15 @@ import { onTestFailed } from 'vitest';
 import type { Db } from '../../src/db.ts';
 import { hashedEmbedding, type EmbeddingServer } from '../../src/provider-server.ts';
 import { spawnWorker, type SpawnedWorker } from './worker.ts';
+import { mulberry32 } from '../../src/prng.ts';
 
 export const SOURCE = 'docs';
 export const VERSION = 'chaos@1';
 export const DIMS = 16;
 const CONTENT = `title || E'\\n\\n' || body`;
 
-/** mulberry32, seeded: the same seed replays the same kill points, edits and texts. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(a ^ (a >>> 15), a | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Seeded: the same seed replays the same kill points, edits and texts. */
+export const seededRandom = mulberry32;
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
