@@ -61,10 +61,20 @@ comment on function regen.current_tenant() is 'The tenant set by regen.set_tenan
 
 -- Row-level security: a role other than the owner sees only the rows of the tenant set for its
 -- transaction (none at all without one). Admin roles get a policy of their own (regen.grant_admin).
+-- The tenant the policy admits: a SQL function the planner inlines into one expression, evaluated
+-- once per scan (an index condition), not a marker comparison per row.
+create function regen._policy_tenant()
+returns text
+language sql stable parallel safe
+as $$
+  select case when current_setting('regen.tenant_marker', true) = regen._transaction_marker()
+              then nullif(current_setting('regen.tenant_id', true), '') end
+$$;
+comment on function regen._policy_tenant() is 'The tenant set by regen.set_tenant() in this transaction, else null (row-level security)';
+
 alter table regen._embeddings enable row level security;
 create policy tenant_isolation on regen._embeddings for select
-  using (tenant = nullif(current_setting('regen.tenant_id', true), '')
-         and current_setting('regen.tenant_marker', true) = regen._transaction_marker());
+  using (tenant = regen._policy_tenant());
 
 -- Thresholds, as settings (SET, ALTER ROLE/DATABASE ... SET):
 --   regen.search_exact_max_rows  scopes up to this many vectors are searched exactly (default 10000)
@@ -313,7 +323,7 @@ begin
   execute format('grant select on regen.versions, regen.sources, regen.embedding_gap to %s', role);
   execute format('grant execute on function regen.search_scoped(vector, integer, text[], text, double precision), '
                  'regen.search_input(text, text[], text), regen.set_tenant(text), regen.current_tenant(), '
-                 'regen._transaction_marker(), regen._search_scope(text[], text), '
+                 'regen._transaction_marker(), regen._policy_tenant(), regen._search_scope(text[], text), '
                  'regen._search_setting(text, integer, integer, integer), regen.preprocess(text, jsonb) to %s', role);
 end
 $$;
