@@ -12,9 +12,10 @@ create index _embeddings_scope on regen._embeddings (version_id, tenant, source_
 -- A plain SET (not SET LOCAL) would outlive the transaction and follow the connection back to the
 -- pool, into the next request of another tenant; such a value lacks this transaction's marker and
 -- is refused, by regen.search_scoped() and by the row-level security policy alike.
+-- Parallel restricted: a parallel worker has a pid of its own, so the marker would never match there.
 create function regen._transaction_marker()
 returns text
-language sql stable parallel safe
+language sql stable parallel restricted
 as $$ select pg_backend_pid()::text || '/' || extract(epoch from transaction_timestamp())::text $$;
 comment on function regen._transaction_marker() is 'Identifies the current transaction of this session (backend pid and start time)';
 
@@ -65,7 +66,7 @@ comment on function regen.current_tenant() is 'The tenant set by regen.set_tenan
 -- once per scan (an index condition), not a marker comparison per row.
 create function regen._policy_tenant()
 returns text
-language sql stable parallel safe
+language sql stable parallel restricted
 as $$
   select case when current_setting('regen.tenant_marker', true) = regen._transaction_marker()
               then nullif(current_setting('regen.tenant_id', true), '') end
@@ -287,10 +288,6 @@ $$;
 comment on function regen.search_input(text, text[], text) is
   'The version a search of these sources reads (provider, model, dimensions) and the query text preprocessed for it';
 
--- Functions are not callable by every role: only by the owner and the roles granted below.
-revoke execute on all functions in schema regen from public;
-alter default privileges in schema regen revoke execute on functions from public;
-
 create function regen._check_grantee(role regrole)
 returns void
 language plpgsql stable
@@ -394,3 +391,7 @@ end
 $$;
 comment on function regen.revoke_admin(regrole) is
   'Takes back what regen.grant_admin() gave a role, including its privileges on the pg-boss schema';
+
+-- Functions are not callable by every role: only by the owner and the roles granted above.
+-- (pgregen install revokes again after every migration, so functions of later files follow suit.)
+revoke execute on all functions in schema regen from public;
