@@ -1,4 +1,4 @@
-// F. Search inside the tenant: regen.search_scoped() against the naive query
+// G. Search inside the tenant: regen.search_scoped() against the naive query
 // `where tenant = $1 order by embedding <=> $2 limit 10` on the version's one global HNSW index,
 // side by side in one run, per tenant-size bucket (Zipf-distributed tenant sizes): latency, rows
 // returned and recall@10 against an exact top-10, and which path search_scoped took.
@@ -103,7 +103,7 @@ async function measure(url: string, size: Size, quick: boolean, origin: string, 
     tables.push(renderTargets(targets));
     for (const table of tables) console.log(`\n${renderTable(table)}`);
     return {
-      title: 'F. Search inside the tenant: regen.search_scoped vs the naive query on one HNSW index',
+      title: 'G. Search inside the tenant: regen.search_scoped vs the naive query on one HNSW index',
       setup: setupLines(size, quick, origin, corpus, build, settings),
       tables, targets, figures: figures(results), server: info,
     };
