@@ -2,26 +2,35 @@
 // the official `openai` client the way the real API does, failures included: OpenAI-shaped error
 // bodies, 400s for whole requests, per-key rolling rate limits with OpenAI's headers, and injectable
 // faults (5xx, hung requests, wrong-length vectors, NaN) drawn from a seeded PRNG for repeatable runs.
+// Two embedders: 'hashed' (default; deterministic bag-of-words vectors of any length, for speed) and
+// 'use-lite' (Universal Sentence Encoder Lite, a real 512-dimension model from npm, for relevance).
 import http from 'node:http';
 import { randomUUID } from 'node:crypto';
 import { endianness } from 'node:os';
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { countTokens } from './tokens.ts';
 import { ApiError, invalidInput, parseRequest, type EmbeddingRequest } from './provider-server/request.ts';
 import { RateLimiter, formatDuration } from './provider-server/rate-limit.ts';
 import { hashedEmbedding } from './provider-server/hashed-embedding.ts';
+import { USE_LITE_DIMENSIONS, checkUseLiteRequest, loadUseLite } from './provider-server/model-embedding.ts';
 import { mulberry32 } from './prng.ts';
 
 export { hashedEmbedding };
 
+export type EmbedderName = 'hashed' | 'use-lite';
+type Embed = (texts: string[], dimensions: number) => Promise<Float32Array[]> | Float32Array[];
+
 export interface EmbeddingServerOptions {
   port?: number;                 // default 0: any free port on 127.0.0.1
-  dimensions?: number;           // default 1536; a request's `dimensions` overrides it
+  dimensions?: number;           // default 1536 (use-lite: 512, the only size it has); a request's `dimensions` overrides it
   latencyMs?: number;            // added before every answer except 429s, which OpenAI gives at once
   requestsPerMinute?: number;    // undefined: unlimited
   tokensPerMinute?: number;
   apiKeys?: string[];            // when set, `Authorization: Bearer <key>` must be one of them, else 401
-  embed?: (texts: string[], dimensions: number) => Promise<Float32Array[]> | Float32Array[];
+  // 'use-lite' loads the model (about a second, once per process) before the server listens. Any
+  // `model` name is accepted and echoed; the vectors come from the chosen embedder whatever it says.
+  embedder?: EmbedderName;       // default 'hashed'
+  embed?: Embed;                 // a custom embedder instead (not together with `embedder`)
   faults?: Faults;
   seed?: number;                 // for the fault PRNG
 }
@@ -62,6 +71,8 @@ export interface ServerStats {
 export interface EmbeddingServer {
   url: string;                   // base URL for the openai client: http://127.0.0.1:PORT/v1
   port: number;
+  embedder: EmbedderName | 'custom';
+  dimensions: number;            // what a request without `dimensions` gets
   stats: ServerStats;            // the same object throughout; resetStats() refills it
   setFaults(faults: Faults): void;
   setLimits(limits: { requestsPerMinute?: number; tokensPerMinute?: number }): void;  // the window's history stays
@@ -91,9 +102,33 @@ function emptyStats(): ServerStats {
            byKey: {}, texts: new Map(), peakConcurrency: 0, log: [] };
 }
 
+interface Embedder {
+  name: EmbedderName | 'custom';
+  dimensions: number;
+  embed: Embed;
+  check?: (input: unknown, dimensions: number) => void;  // refuses what this embedder cannot do, before the limits
+}
+
+async function chooseEmbedder(options: EmbeddingServerOptions): Promise<Embedder> {
+  const name = options.embedder ?? 'hashed';
+  if (options.embed) {
+    if (options.embedder) throw new Error(`give either embed or embedder, not both (embedder: '${options.embedder}')`);
+    return { name: 'custom', dimensions: options.dimensions ?? 1536, embed: options.embed };
+  }
+  if (name === 'hashed') return { name, dimensions: options.dimensions ?? 1536, embed: hashedEmbedding };
+  if (name !== 'use-lite') throw new Error(`unknown embedder '${String(name)}': expected 'hashed' or 'use-lite'`);
+  if (options.dimensions !== undefined && options.dimensions !== USE_LITE_DIMENSIONS) {
+    throw new Error(`the use-lite embedder gives ${USE_LITE_DIMENSIONS} dimensions, not ${options.dimensions}: ` +
+      `leave dimensions out or set it to ${USE_LITE_DIMENSIONS}`);
+  }
+  const model = await loadUseLite();
+  return { name, dimensions: USE_LITE_DIMENSIONS, embed: (texts) => model.embed(texts), check: checkUseLiteRequest };
+}
+
 export async function startEmbeddingServer(options: EmbeddingServerOptions = {}): Promise<EmbeddingServer> {
-  const defaultDimensions = options.dimensions ?? 1536;
-  const embed = options.embed ?? hashedEmbedding;
+  const embedder = await chooseEmbedder(options);
+  const defaultDimensions = embedder.dimensions;
+  const embed = embedder.embed;
   const apiKeys = options.apiKeys ? new Set(options.apiKeys) : undefined;
   const limiter = new RateLimiter({ requestsPerMinute: options.requestsPerMinute, tokensPerMinute: options.tokensPerMinute });
   const random = prng(options.seed ?? Date.now());
@@ -162,6 +197,7 @@ export async function startEmbeddingServer(options: EmbeddingServerOptions = {})
           'The OpenAI API expects a JSON payload, but what was sent was not valid JSON.)');
       }
       request = parseRequest(body, defaultDimensions);
+      embedder.check?.((body as { input: unknown }).input, request.dimensions);
       tokens = request.tokens.reduce((a, t) => a + t, 0);
       const bad = faults.badInputs ? request.inputs.findIndex(faults.badInputs) : -1;
       if (bad >= 0) throw invalidInput(Array.isArray((body as { input: unknown }).input) ? `$.input[${bad}]` : '$.input');
@@ -247,6 +283,8 @@ export async function startEmbeddingServer(options: EmbeddingServerOptions = {})
   return {
     url: `http://127.0.0.1:${port}/v1`,
     port,
+    embedder: embedder.name,
+    dimensions: defaultDimensions,
     stats,
     setFaults(next) { faults = { ...next }; },
     setLimits(limits) { limiter.limits = { ...limits }; },
@@ -265,6 +303,7 @@ export async function startEmbeddingServer(options: EmbeddingServerOptions = {})
 }
 
 // `node src/provider-server.ts --port 8089 --dimensions 512 --latency 200 --rpm 3000 --tpm 1000000`
+// `node src/provider-server.ts --embedder use-lite` (a real model, 512 dimensions)
 if (import.meta.main) {
   const int = (value: string) => {
     const n = Number(value);
@@ -277,9 +316,11 @@ if (import.meta.main) {
     return n;
   };
   const opts = new Command('provider-server')
-    .description('A local OpenAI-compatible /v1/embeddings server with hashed bag-of-words vectors.')
+    .description('A local OpenAI-compatible /v1/embeddings server: hashed bag-of-words vectors, or a real small model.')
     .option('--port <n>', 'port on 127.0.0.1 (0: any free port)', int, 0)
-    .option('--dimensions <n>', 'default vector length', int, 1536)
+    .addOption(new Option('--embedder <name>', 'hashed: fast deterministic vectors; use-lite: Universal Sentence Encoder Lite, 512 dimensions')
+      .choices(['hashed', 'use-lite']).default('hashed'))
+    .option('--dimensions <n>', 'default vector length (default: 1536; use-lite: 512 only)', int)
     .option('--latency <ms>', 'delay before each answer', int, 0)
     .option('--rpm <n>', 'requests per minute per key (default: unlimited)', int)
     .option('--tpm <n>', 'tokens per minute per key (default: unlimited)', int)
@@ -288,11 +329,14 @@ if (import.meta.main) {
     .option('--timeout-rate <fraction>', 'share of requests never answered', rate)
     .option('--seed <n>', 'seed for the fault PRNG', int)
     .parse(process.argv)
-    .opts<{ port: number; dimensions: number; latency: number; rpm?: number; tpm?: number; apiKey?: string[];
+    .opts<{ port: number; embedder: EmbedderName; dimensions?: number; latency: number; rpm?: number; tpm?: number; apiKey?: string[];
             errorRate?: number; timeoutRate?: number; seed?: number }>();
   const server = await startEmbeddingServer({
-    port: opts.port, dimensions: opts.dimensions, latencyMs: opts.latency, requestsPerMinute: opts.rpm, tokensPerMinute: opts.tpm,
+    port: opts.port, embedder: opts.embedder, dimensions: opts.dimensions, latencyMs: opts.latency, requestsPerMinute: opts.rpm, tokensPerMinute: opts.tpm,
     apiKeys: opts.apiKey, seed: opts.seed, faults: { serverErrorRate: opts.errorRate, timeoutRate: opts.timeoutRate },
+  }).catch((err: Error) => {
+    process.stderr.write(`provider-server: ${err.message}\n`);
+    process.exit(1);
   });
   process.stdout.write(`${server.url}\n`);
   const stop = () => void server.close().then(() => process.exit(0));
