@@ -1,5 +1,6 @@
-// Opening connections with errors that say what to fix.
+// Opening connections, and the common failures turned into errors that say what to fix.
 import pg from 'pg';
+import type { Db } from './db.ts';
 import { PgregenError } from './errors.ts';
 
 /** Where a connection string points, without the password. */
@@ -12,21 +13,90 @@ export function describeUrl(url: string): string {
   }
 }
 
+/** The error of a failed connection attempt: where it tried to go, and what to check. */
+export function connectionError(connectionString: string, err: unknown): PgregenError {
+  return new PgregenError(`cannot connect to the database at ${describeUrl(connectionString)}: ${(err as Error).message}`,
+    'check DATABASE_URL or --database-url (host, port, user, password, database) and that the server is running');
+}
+
 export async function connect(connectionString: string, applicationName: string): Promise<pg.Client> {
   const client = new pg.Client({ connectionString, application_name: applicationName });
   try {
     await client.connect();
   } catch (err) {
-    throw new PgregenError(`cannot connect to the database at ${describeUrl(connectionString)}: ${(err as Error).message}`,
-      'check DATABASE_URL (host, port, user, password, database) and that the server is running');
+    throw connectionError(connectionString, err);
   }
   return client;
 }
 
-/** Refuses, with the fix, when schema regen is not installed. */
-export async function requireSchema(db: pg.Client): Promise<void> {
-  const { rows } = await db.query(`select to_regclass('regen.migrations') is not null as installed, current_database() as name`);
-  if (!rows[0].installed) {
-    throw new PgregenError(`pgregen is not installed in database ${rows[0].name}`, 'run: pgregen install');
+/**
+ * Refuses, with the fix, when schema regen is not installed; when the server lacks pgvector as
+ * well, says how to get it first.
+ */
+export async function requireSchema(db: Db): Promise<void> {
+  const { rows: [row] } = await db.query<{ installed: boolean; name: string; vector: boolean; major: number }>(
+    `select to_regclass('regen.migrations') is not null as installed, current_database() as name,
+            exists (select 1 from pg_available_extensions where name = 'vector') as vector,
+            current_setting('server_version_num')::int / 10000 as major`);
+  if (!row || row.installed) return;
+  if (!row.vector) {
+    throw new PgregenError(`pgregen is not installed in database ${row.name}, and the server has no pgvector extension`,
+      `install pgvector on the database server first (create extension vector needs its package: Debian/Ubuntu ` +
+      `apt-get install postgresql-${row.major}-pgvector; from source: https://github.com/pgvector/pgvector), then run: pgregen install`);
   }
+  throw new PgregenError(`pgregen is not installed in database ${row.name}`, 'run: pgregen install');
+}
+
+/** Connects, checks that pgregen is installed, runs `work` and disconnects. */
+export async function withInstalled<T>(connectionString: string, applicationName: string,
+  work: (client: pg.Client) => Promise<T>): Promise<T> {
+  const client = await connect(connectionString, applicationName);
+  try {
+    await requireSchema(client);
+    return await work(client);
+  } finally {
+    await client.end();
+  }
+}
+
+/** A pool whose first connection has been made and checked (reachable, pgregen installed). */
+export async function openPool(connectionString: string, applicationName: string, max = 2): Promise<pg.Pool> {
+  const pool = new pg.Pool({ connectionString, application_name: applicationName, max });
+  try {
+    const client = await pool.connect().catch((err: unknown) => { throw connectionError(connectionString, err); });
+    try {
+      await requireSchema(client);
+    } finally {
+      client.release();
+    }
+  } catch (err) {
+    await pool.end();
+    throw err;
+  }
+  return pool;
+}
+
+/**
+ * Errors PostgreSQL raises in plain terms, given a pgregen meaning: an older schema than this
+ * pgregen, a server that lost the pgvector package, a role without the grants. Any other error
+ * (pgregen's own RGnnn errors carry their hints already) is returned as it is.
+ */
+export function explainError(err: unknown): unknown {
+  if (err instanceof PgregenError) return err;
+  const e = err as { code?: string; message?: string };
+  const message = e.message ?? String(err);
+  if (e.code === '42883' && /regen\./.test(message)) {
+    return new PgregenError(`${message}: the database has an older pgregen schema than this command`, 'run: pgregen install (it upgrades the schema)');
+  }
+  if (e.code === '3F000' && /"regen"/.test(message)) {
+    return new PgregenError('pgregen is not installed in this database', 'run: pgregen install');
+  }
+  if (e.code === '58P01' && /vector/.test(message)) {
+    return new PgregenError(`the pgvector library is missing on the database server: ${message}`,
+      'reinstall the pgvector package for this PostgreSQL version (Debian/Ubuntu: apt-get install postgresql-NN-pgvector)');
+  }
+  if (e.code === '42501') {
+    return new PgregenError(message, 'connect as the owner of schema regen, or as a role given regen.grant_admin()');
+  }
+  return err;
 }
