@@ -7,13 +7,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import OpenAI from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { cranfieldQuerySet, defaultCranfieldDir, loadCranfield, registerCranfieldSource, type CranfieldLoad } from '../src/eval/cranfield.ts';
+import { cranfieldQuerySet, loadCranfield, registerCranfieldSource, type CranfieldLoad } from '../src/eval/cranfield.ts';
 import { parseQuerySet, readQuerySet, type QuerySet } from '../src/eval/query-set.ts';
 import { evaluate, shadowCompare } from '../src/eval/run.ts';
 import { startEmbeddingServer, type EmbeddingServer } from '../src/provider-server.ts';
 import type { RunningWorker } from '../src/worker/run.ts';
 import { freshDatabase, keepOnFailure, type TestDatabase } from './support/db.ts';
-import { metricCases, runCli, scoreByHand, waitForVersion } from './support/evaluation.ts';
+import { cranfieldDir, metricCases, runCli, scoreByHand, waitForVersion } from './support/evaluation.ts';
 import { inProcessWorker, workerEnv } from './support/worker.ts';
 
 const db: TestDatabase = await freshDatabase();
@@ -101,7 +101,7 @@ describe('the query-set file', () => {
 });
 
 describe('on the Cranfield collection', () => {
-  const dir = defaultCranfieldDir();
+  const dir = cranfieldDir();
   const A = 'cran-hash256@1';
   const B = 'cran-hash64@1';
   const QUERIES = 25;
@@ -115,13 +115,13 @@ describe('on the Cranfield collection', () => {
   beforeAll(async () => {
     // Not a skip: without the data this file fails, saying where it looked.
     if (!existsSync(join(dir, 'cranfield-documents.json'))) {
-      throw new Error(`the Cranfield collection is not at ${dir} (expected ../shared/data/cranfield/ beside the project, ` +
-        'or set REGEN_CRANFIELD_DIR)');
+      throw new Error(`the Cranfield collection is not at ${dir} (expected ../shared/data/cranfield/ beside the project ` +
+        'or beside the repository it was cloned from, or set REGEN_CRANFIELD_DIR)');
     }
     scratch = await mkdtemp(join(tmpdir(), 'pgregen-eval-'));
     server = await startEmbeddingServer();
     openai = new OpenAI({ apiKey: 'test', baseURL: server.url });
-    loaded = await loadCranfield(db.pool);
+    loaded = await loadCranfield(db.pool, { dir });
     first = { ...loaded.querySet, queries: loaded.querySet.queries.slice(0, QUERIES) };
     const settings = { send_dimensions: true, distance: 'cosine', lowercase: true };
     await db.query(`select regen.create_version($1, 'local-hash', 256, settings => $2::jsonb)`, [A, JSON.stringify(settings)]);
@@ -143,7 +143,7 @@ describe('on the Cranfield collection', () => {
     expect(loaded).toMatchObject({ table: 'public.cranfield_documents', documents: 1400 });
     expect(loaded.querySet.queries).toHaveLength(225);
     expect(loaded.querySet.queries[0]!.judgements['184']).toBe(3);
-    const again = await loadCranfield(db.pool);
+    const again = await loadCranfield(db.pool, { dir });
     expect(again.documents).toBe(1400);
     const { rows: [count] } = await db.query(`select count(*)::int as n, count(*) filter (where body = '')::int as empty from cranfield_documents`);
     expect(count).toEqual({ n: 1400, empty: 2 });

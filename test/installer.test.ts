@@ -1,6 +1,6 @@
 // The installer: postgres-migrations made safe beside another tool's `migrations` table, concurrent
 // installs, re-runs, modified migrations, and an uninstall that leaves user data alone.
-import { cp, mkdtemp, appendFile, rm } from 'node:fs/promises';
+import { cp, mkdtemp, appendFile, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { randomBytes } from 'node:crypto';
@@ -29,7 +29,9 @@ afterAll(async () => {
   await admin.end();
 });
 
-const ALL = ['tables', 'versions', 'sources', 'queue', 'store', 'gap_views', 'rebuild', 'search'];
+// every migration file, by name: 0009_migration.sql -> migration
+const ALL = (await readdir(SQL_DIR)).filter((f) => /^\d{4}_.+\.sql$/.test(f)).sort()
+  .map((f) => f.replace(/^\d{4}_|\.sql$/g, ''));
 
 describe('install', () => {
   it('applies every migration into schema regen and is a no-op when run again', async () => {

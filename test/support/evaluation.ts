@@ -1,8 +1,11 @@
 // Helpers of test/evaluation.test.ts: metric cases computed by hand, an independent scorer to check
 // SQL's per-query scores against, waiting for a version to be built, and running the CLI.
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { dirname, isAbsolute, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { Db } from '../../src/db.ts';
+import { defaultCranfieldDir } from '../../src/eval/cranfield.ts';
 import { waitFor } from './worker.ts';
 
 export interface MetricCase {
@@ -117,4 +120,26 @@ export async function runCli(args: string[], env: Record<string, string>): Promi
         resolve({ code, stdout, stderr });
       });
   });
+}
+
+/**
+ * Where the tests read the Cranfield collection: beside the project (or $REGEN_CRANFIELD_DIR), and
+ * when this checkout is a clone of a repository on the same machine (a CI run on a fresh clone),
+ * beside that repository. The first place is returned when neither holds it, so the error names it.
+ */
+export function cranfieldDir(): string {
+  const first = defaultCranfieldDir();
+  if (existsSync(join(first, 'cranfield-documents.json'))) return first;
+  try {
+    const root = fileURLToPath(new URL('../..', import.meta.url));
+    const origin = execFileSync('git', ['-C', root, 'config', '--get', 'remote.origin.url'], { encoding: 'utf8' }).trim();
+    const repository = origin.startsWith('file://') ? fileURLToPath(origin) : origin;
+    if (isAbsolute(repository)) {
+      const beside = join(dirname(repository.replace(/\/+$/, '')), 'shared', 'data', 'cranfield');
+      if (existsSync(join(beside, 'cranfield-documents.json'))) return beside;
+    }
+  } catch {
+    // not a git checkout, or no origin: only the first place counts
+  }
+  return first;
 }
