@@ -186,6 +186,8 @@ export interface Sample {
   recall: number;
   /** Scans of the version's HNSW index and of the scope b-tree during the search statement (pg_stat_get_xact_numscans). */
   hnswScans: number;
+  /** Scans of tenant indexes (regen.tenant_index_plan) in the search's transaction. */
+  tenantScans: number;
   scopeScans: number;
 }
 
@@ -222,6 +224,8 @@ export interface Size extends CorpusShape {
   sweep: number;
   /** regen.search_exact_max_rows for the run; null: the function's default. */
   exactMax: number | null;
+  /** Tenants of at least this many vectors get an HNSW index of their own before the queries. */
+  tenantIndexMin: number;
 }
 
 export type Method = 'ours' | 'naive';
@@ -256,6 +260,9 @@ export interface Build {
   indexBytes: number;
   tableBytes: number;
   indexDef: string;
+  tenantIndexes: number;
+  tenantIndexMin: number;
+  tenantIndexMs: number;
 }
 
 export interface Settings {
@@ -351,16 +358,19 @@ export function pathTable(results: BucketResult[], ctx: Paths): Table {
       'naive plan (EXPLAIN ANALYZE, first query)', 'planner\'s choice with sorts allowed', 'rows of another tenant returned (ours / naive)'],
     rows: results.map((r) => {
       const ours = r.samples.ours;
-      const approx = ours.filter((s) => s.hnswScans > 0);
+      const approx = ours.filter((s) => s.hnswScans + s.tenantScans > 0);
+      const own = approx.filter((s) => s.tenantScans > 0).length;
       return [
-        r.bucket.label, fmtInt(ours.length - approx.length), fmtInt(approx.filter((s) => s.scopeScans < 2).length),
+        r.bucket.label, fmtInt(ours.length - approx.length),
+        `${fmtInt(approx.filter((s) => s.scopeScans < 2).length)}${own ? ` (${fmtInt(own)} through the tenant's index)` : ''}`,
         fmtInt(approx.filter((s) => s.scopeScans >= 2).length),
         `${r.samples.naive.filter((s) => s.hnswScans === 1).length} / ${r.samples.naive.length}`, r.naivePlan.plan, r.naivePlan.unforced,
         `${r.foreign.ours} / ${r.foreign.naive}`,
       ];
     }),
     notes: [
-      `A search_scoped query is approximate when it scanned the HNSW index ${ctx.indexName}; it counts the scope first ` +
+      `A search_scoped query is approximate when it scanned the HNSW index ${ctx.indexName} or a tenant's own index ` +
+        `(${ctx.indexName}_t…); it counts the scope first ` +
         '(one scan of regen._embeddings_scope) and reads it again only on the exact path, so an approximate search that also ' +
         'scanned the scope twice fell back to the exact path.',
       'The naive session runs with enable_sort = off: with the scope b-tree of sql/0008_search.sql present, the planner would ' +
@@ -418,12 +428,17 @@ export function setupLines(size: Size, quick: boolean, origin: string, corpus: C
       `(${(build.indexMs / 1000).toFixed(0)} s), then vacuum analyze`,
     `queries: as an application role (regen.grant_app; row-level security applies), one connection for search_scoped, one for the naive ` +
       `query; ${size.queries} per bucket after ${size.warmup} warm-up, the two methods interleaved per query, alternating which goes first`,
+    `tenant indexes: regen.tenant_index_plan(min_rows => ${fmtInt(build.tenantIndexMin)}) run as \`pgregen tenant-indexes\` runs it ` +
+      `(CREATE INDEX CONCURRENTLY, maintenance_work_mem 1GB): ${fmtInt(build.tenantIndexes)} tenants of at least ${fmtInt(build.tenantIndexMin)} ` +
+      `vectors got an HNSW index of their own, in ${(build.tenantIndexMs / 1000).toFixed(0)} s`,
     `regen.search_scoped(query, ${K}): exact up to regen.search_exact_max_rows = ${fmtInt(settings.exactMax)} vectors in scope ` +
-      `(${settings.exactMaxSource}), above it the HNSW index with an iterative scan, regen.search_ef_search = ${settings.efDefault} (its default)`,
+      `(${settings.exactMaxSource}), or up to regen.search_tenant_index_min_rows (default 1,000) for a tenant with its own index; ` +
+      `above it an iterative HNSW scan, through the tenant's own index where it has one, regen.search_ef_search = ${settings.efDefault} (its default)`,
     `naive: \`select row_id from regen._embeddings where version_id = V and tenant = $1 order by embedding::vector(${size.dimensions}) ` +
       `<=> $2::vector(${size.dimensions}) limit ${K}\` (the cast expression of the version's HNSW index), hnsw.ef_search ${settings.naiveEf}, ` +
       `hnsw.iterative_scan ${settings.naiveIterative} (the defaults), enable_sort off on its session so the planner takes the HNSW ` +
-      'index for every tenant; EXPLAIN ANALYZE shows the HNSW index scan and every query was checked to scan it',
+      'index for every tenant, and plan_cache_mode force_generic_plan so that it never uses a tenant\'s own index (the baseline is one ' +
+      'global index); EXPLAIN ANALYZE shows the HNSW index scan and every query was checked to scan it and no tenant index',
     `ground truth: the exact top-${K} by \`order by embedding <=> q\` on the untyped column (no index matches; checked with EXPLAIN), as the owner`,
   ];
 }

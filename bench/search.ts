@@ -16,9 +16,9 @@ import {
 } from './support.ts';
 
 const SIZES: Record<'full' | 'quick', Size> = {
-  full: { vectors: 200_000, tenants: 2_000, dimensions: 768, zipf: 1.2, queries: 200, warmup: 10, sweep: 100, exactMax: null },
+  full: { vectors: 200_000, tenants: 2_000, dimensions: 768, zipf: 1.2, queries: 200, warmup: 10, sweep: 100, exactMax: null, tenantIndexMin: 1_000 },
   // Smoke size: the exact-path threshold is scaled down with the data, so both paths run.
-  quick: { vectors: 20_000, tenants: 200, dimensions: 128, zipf: 1.2, queries: 30, warmup: 3, sweep: 20, exactMax: 1_000 },
+  quick: { vectors: 20_000, tenants: 200, dimensions: 128, zipf: 1.2, queries: 30, warmup: 3, sweep: 20, exactMax: 1_000, tenantIndexMin: 300 },
 };
 const SWEEP_EF = [40, 100, 200, 400];
 
@@ -61,6 +61,18 @@ async function measure(url: string, size: Size, quick: boolean, origin: string, 
     log(`${fmtInt(size.vectors)} vectors over ${fmtInt(size.tenants)} tenants, largest ${fmtInt(corpus.sizes[0]!)}, smallest ${fmtInt(corpus.sizes.at(-1)!)}`);
     const { build, versionId, indexName } = await buildStore(owner, corpus, log);
     build.corpusMs = corpusMs;
+    // Tenants of at least tenantIndexMin vectors get an HNSW index of their own, as an operator
+    // would give them with `pgregen tenant-indexes --min-rows N` (regen.tenant_index_plan).
+    const { rows: plan } = await owner.query<{ statement: string }>(
+      `select statement from regen.tenant_index_plan($1::bigint) where action = 'create'`, [size.tenantIndexMin]);
+    build.tenantIndexes = plan.length;
+    build.tenantIndexMin = size.tenantIndexMin;
+    await owner.query(`set maintenance_work_mem = '1GB'`);
+    build.tenantIndexMs = await timed(async () => {
+      for (const { statement } of plan) await owner.query(statement);
+    });
+    await owner.query('reset maintenance_work_mem');
+    log(`${plan.length} tenant indexes (tenants of >= ${fmtInt(size.tenantIndexMin)} vectors) built in ${(build.tenantIndexMs / 1000).toFixed(0)} s`);
 
     // The application role: it searches under row-level security, one tenant per transaction.
     const password = Math.random().toString(36).slice(2);
@@ -81,12 +93,16 @@ async function measure(url: string, size: Size, quick: boolean, origin: string, 
     // With the scope b-tree that sql/0008_search.sql adds, the planner reads a small tenant through it
     // and sorts; the baseline is the HNSW index, so sorts are off on the naive session (see explainNaive).
     await naive.query('set enable_sort = off');
+    // The baseline is one global index: a generic plan cannot prove a tenant index's predicate.
+    await naive.query('set plan_cache_mode = force_generic_plan');
     const settings = await sessionSettings(owner, ours, naive);
     const { rows: [oids] } = await owner.query<{ hnsw: string; scope: string }>(
       `select $1::regclass::oid::text as hnsw, 'regen._embeddings_scope'::regclass::oid::text as scope`, [`regen.${indexName}`]);
     const ctx: Context = {
       owner, ours, naive, versionId, indexName, corpus, exactMax: settings.exactMax,
-      probe: `select pg_stat_get_xact_numscans(${oids!.hnsw}) as hnsw, pg_stat_get_xact_numscans(${oids!.scope}) as scope`,
+      probe: `select pg_stat_get_xact_numscans(${oids!.hnsw}) as hnsw, pg_stat_get_xact_numscans(${oids!.scope}) as scope,
+                     (select coalesce(sum(pg_stat_get_xact_numscans(c.oid)), 0) from pg_class c
+                       where c.relnamespace = 'regen'::regnamespace and c.relname ^@ '${indexName}_t') as tenant`,
     };
 
     const results: BucketResult[] = [];
@@ -250,7 +266,7 @@ async function searchOnce(ctx: Context, method: Method, query: Query): Promise<{
     const result = await client.query<R>(text, values);
     return { rows: result.rows, ms: performance.now() - start };
   };
-  const probe = async () => (await client.query<{ hnsw: string; scope: string }>(ctx.probe)).rows[0]!;
+  const probe = async () => (await client.query<{ hnsw: string; scope: string; tenant: string }>(ctx.probe)).rows[0]!;
   const begin = await timedQuery('begin');
   const set = await timedQuery('select regen.set_tenant($1)', [tenant]);
   const before = await probe();
@@ -266,6 +282,7 @@ async function searchOnce(ctx: Context, method: Method, query: Query): Promise<{
       ms: search.ms, transactionMs: begin.ms + set.ms + search.ms + commit.ms, rows: returned.length, expected: query.truth.length,
       recall: recallOf(returned, query.truth),
       hnswScans: Number(after.hnsw) - Number(before.hnsw), scopeScans: Number(after.scope) - Number(before.scope),
+      tenantScans: Number(after.tenant) - Number(before.tenant),
     },
   };
 }
@@ -284,7 +301,7 @@ async function measureBucket(ctx: Context, bucket: Bucket, queries: Query[], war
       result.foreign[method] += returned.filter((id) => ctx.corpus.tenantOf[Number(id)] !== query.tenant).length;
     }
   }
-  const naiveHnsw = result.samples.naive.filter((s) => s.hnswScans === 1).length;
+  const naiveHnsw = result.samples.naive.filter((s) => s.hnswScans === 1 && s.tenantScans === 0).length;
   check(naiveHnsw === result.samples.naive.length,
     `the naive query scanned the HNSW index on ${naiveHnsw} of ${result.samples.naive.length} queries of bucket ${bucket.label}`);
   const s = (m: Method) => result.samples[m];
@@ -298,17 +315,19 @@ async function measureBucket(ctx: Context, bucket: Bucket, queries: Query[], war
  * threw away; and which scan the planner would choose with sorts allowed (plain EXPLAIN).
  */
 async function explainNaive(ctx: Context, query: Query): Promise<{ plan: string; unforced: string }> {
-  const params = [tenantName(query.tenant), query.text];
+  const literals = [tenantName(query.tenant), query.text].map((v) => ctx.naive.escapeLiteral(v)).join(', ');
   await ctx.naive.query('begin');
   try {
     await ctx.naive.query('select regen.set_tenant($1)', [tenantName(query.tenant)]);
+    // EXPLAIN of a prepared statement, so that the plan is the generic one the searches run
+    await ctx.naive.query(`prepare pgregen_naive(text, vector) as ${naiveSql(ctx)}`);
     const { rows: [r] } = await ctx.naive.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(
-      `explain (analyze, format json) ${naiveSql(ctx)}`, params);
+      `explain (analyze, format json) execute pgregen_naive(${literals})`);
     const scan = findScan(r!['QUERY PLAN'][0]!.Plan);
     check(scan !== undefined && scan['Index Name'] === ctx.indexName,
       `the naive query does not scan ${ctx.indexName} (it scans ${scan?.['Index Name'] ?? scan?.['Node Type'] ?? 'nothing'}): it is not the HNSW baseline`);
     await ctx.naive.query('set local enable_sort = on');
-    const { rows: [u] } = await ctx.naive.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(`explain (format json) ${naiveSql(ctx)}`, params);
+    const { rows: [u] } = await ctx.naive.query<{ 'QUERY PLAN': Array<{ Plan: PlanNode }> }>(`explain (format json) execute pgregen_naive(${literals})`);
     const chosen = findScan(u!['QUERY PLAN'][0]!.Plan);
     return {
       plan: `${scan['Node Type']} using ${scan['Index Name']}: ${fmtInt(scan['Actual Rows'])} rows kept, ` +
@@ -317,6 +336,7 @@ async function explainNaive(ctx: Context, query: Query): Promise<{ plan: string;
     };
   } finally {
     await ctx.naive.query('rollback');
+    await ctx.naive.query('deallocate all');
   }
 }
 
