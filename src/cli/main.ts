@@ -14,6 +14,7 @@ import { searchCommand } from './search.ts';
 import { migrateCommand } from './migrate.ts';
 import { demoCommand } from './demo.ts';
 import { evalCommand, shadowCommand } from './eval.ts';
+import { tenantIndexesCommand } from './tenant-indexes.ts';
 
 export const EXIT = { ok: 0, failure: 1, usage: 2 } as const;
 
@@ -40,6 +41,7 @@ export function program(): Command {
   cli.addCommand(migrateCommand());
   cli.addCommand(evalCommand());
   cli.addCommand(shadowCommand());
+  cli.addCommand(tenantIndexesCommand());
   cli.addCommand(demoCommand());
   overrideExits(cli);
   return cli;
