@@ -385,15 +385,17 @@ function sweepRows(ctx: Context, results: BucketResult[], queriesOf: Map<Bucket,
       (largestSize > ctx.exactMax ? '' : ' (exact path: no effect)'),
     set: [`set regen.search_ef_search = ${ef}`],
   }));
+  // Both thresholds up: the exact path, whether or not the tenant has an index of its own.
+  const never = 100_000_000;
   rows.push({ scope, queries: pick(largest), label: `regen.search_exact_max_rows = ${fmtInt(largestSize)}: the exact path`,
-    set: [`set regen.search_exact_max_rows = ${largestSize}`] });
+    set: [`set regen.search_exact_max_rows = ${largestSize}`, `set regen.search_tenant_index_min_rows = ${never}`] });
   const mid = results.find((r) => r.bucket.low >= 1_000 && r.bucket.high < 10_000);
   if (mid) {
-    const exactThere = mid.bucket.high <= ctx.exactMax;
-    const threshold = exactThere ? mid.bucket.low - 1 : mid.bucket.high;
+    // As without tenant indexes: exact up to regen.search_exact_max_rows, whatever index a tenant has.
     rows.push({ scope: `bucket ${mid.bucket.label}`, queries: pick(mid),
-      label: `regen.search_exact_max_rows = ${fmtInt(threshold)}: every tenant ${exactThere ? 'approximate' : 'exact'}`,
-      set: [`set regen.search_exact_max_rows = ${threshold}`] });
+      label: `regen.search_tenant_index_min_rows = ${fmtInt(never)}: tenant indexes not used below regen.search_exact_max_rows ` +
+        `(${fmtInt(ctx.exactMax)}), so ${mid.bucket.high <= ctx.exactMax ? 'every tenant exact' : 'as the default'}`,
+      set: [`set regen.search_tenant_index_min_rows = ${never}`] });
   }
   return rows;
 }
@@ -406,10 +408,12 @@ async function sweep(ctx: Context, rows: SweepRow[], log: (line: string) => void
     const samples: Sample[] = [];
     for (const query of row.queries) samples.push((await searchOnce(ctx, 'ours', query)).sample);
     await ctx.ours.query('reset regen.search_ef_search');
+    await ctx.ours.query('reset regen.search_tenant_index_min_rows');
     await ctx.ours.query(`set regen.search_exact_max_rows = ${ctx.exactMax}`);
     out.push([row.scope, row.label, fmtInt(samples.length), fmtMs(pct(samples, 50)), fmtMs(pct(samples, 95)), fmtMs(pct(samples, 99)),
       mean(samples.map((s) => s.recall)).toFixed(3), Math.min(...samples.map((s) => s.recall)).toFixed(1),
-      `${samples.filter((s) => s.hnswScans > 0).length} / ${samples.length}`]);
+      `${samples.filter((s) => s.hnswScans + s.tenantScans > 0).length} / ${samples.length}` +
+        (samples.some((s) => s.tenantScans > 0) ? ` (the tenant's own: ${samples.filter((s) => s.tenantScans > 0).length})` : '')]);
     log(`sweep ${row.scope}, ${row.label}: p50 ${out.at(-1)![3]} ms, recall ${out.at(-1)![6]}`);
   }
   return {

@@ -65,7 +65,10 @@ begin
   where not x.valid or not exists (select 1 from wanted w where w.name = x.name)
   union all
   select 'create', v.tag, w.tenant, w.n, w.name::text,
-         format('create index concurrently if not exists %I on regen._embeddings using hnsw %s where version_id = %s and tenant = %L',
+         -- denser than pgvector's defaults (m 16, ef_construction 64): a tenant's graph is small, so a
+         -- better one is cheap, and it is searched only when the tenant is large
+         format('create index concurrently if not exists %I on regen._embeddings using hnsw %s with (m = 24, ef_construction = 128) '
+                'where version_id = %s and tenant = %L',
                 w.name, regen._hnsw_expression(w.version_id), w.version_id, w.tenant)
   from wanted w join regen._versions v on v.id = w.version_id
   where w.earns and not exists (select 1 from existing x where x.name = w.name and x.valid)
