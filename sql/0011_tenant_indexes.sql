@@ -65,9 +65,11 @@ begin
   where not x.valid or not exists (select 1 from wanted w where w.name = x.name)
   union all
   select 'create', v.tag, w.tenant, w.n, w.name::text,
-         -- denser than pgvector's defaults (m 16, ef_construction 64): a tenant's graph is small, so a
-         -- better one is cheap, and it is searched only when the tenant is large
-         format('create index concurrently if not exists %I on regen._embeddings using hnsw %s with (m = 24, ef_construction = 128) '
+         -- built with a wider candidate list than pgvector's default ef_construction (64): a tenant's
+         -- graph is small, so a better one is cheap. m stays at its default (16): built with m 24, the
+         -- largest tenants' own indexes were passed over by the planner (search benchmark, pgvector 0.8),
+         -- whose estimate of an HNSW scan grows with m.
+         format('create index concurrently if not exists %I on regen._embeddings using hnsw %s with (ef_construction = 128) '
                 'where version_id = %s and tenant = %L',
                 w.name, regen._hnsw_expression(w.version_id), w.version_id, w.tenant)
   from wanted w join regen._versions v on v.id = w.version_id

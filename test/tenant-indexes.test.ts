@@ -80,7 +80,7 @@ describe('tenant indexes', () => {
     const plan = await tenantIndexes(db.pool, { minRows: 1_000, dryRun: true });
     expect(plan).toEqual([{
       action: 'create', version: TAG, tenant: 'big', vectors: 1_500, indexName: await indexName('big'),
-      statement: expect.stringMatching(/^create index concurrently if not exists _embeddings_hnsw_v\d+_t[0-9a-f]{16} on regen\._embeddings using hnsw \(\(embedding::vector\(8\)\) vector_cosine_ops\) with \(m = 24, ef_construction = 128\) where version_id = \d+ and tenant = 'big'$/),
+      statement: expect.stringMatching(/^create index concurrently if not exists _embeddings_hnsw_v\d+_t[0-9a-f]{16} on regen\._embeddings using hnsw \(\(embedding::vector\(8\)\) vector_cosine_ops\) with \(ef_construction = 128\) where version_id = \d+ and tenant = 'big'$/),
     }]);
     const done = await tenantIndexes(db.pool, { minRows: 1_000 });
     expect(done).toHaveLength(1);
