@@ -269,6 +269,7 @@ export interface Settings {
   exactMax: number;
   exactMaxSource: string;
   efDefault: number;
+  tenantEfDefault: number;
   naiveEf: string;
   naiveIterative: string;
   sharedBuffers: string;
@@ -433,7 +434,8 @@ export function setupLines(size: Size, quick: boolean, origin: string, corpus: C
       `vectors got an HNSW index of their own, in ${(build.tenantIndexMs / 1000).toFixed(0)} s`,
     `regen.search_scoped(query, ${K}): exact up to regen.search_exact_max_rows = ${fmtInt(settings.exactMax)} vectors in scope ` +
       `(${settings.exactMaxSource}), or up to regen.search_tenant_index_min_rows (default 1,000) for a tenant with its own index; ` +
-      `above it an iterative HNSW scan, through the tenant's own index where it has one, regen.search_ef_search = ${settings.efDefault} (its default)`,
+      `above it an iterative HNSW scan: through the tenant's own index where it has one, with regen.search_tenant_ef_search = ${settings.tenantEfDefault}, ` +
+      `else through the version's index with regen.search_ef_search = ${settings.efDefault} (the defaults)`,
     `naive: \`select row_id from regen._embeddings where version_id = V and tenant = $1 order by embedding::vector(${size.dimensions}) ` +
       `<=> $2::vector(${size.dimensions}) limit ${K}\` (the cast expression of the version's HNSW index), hnsw.ef_search ${settings.naiveEf}, ` +
       `hnsw.iterative_scan ${settings.naiveIterative} (the defaults), enable_sort off on its session so the planner takes the HNSW ` +

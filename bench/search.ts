@@ -222,6 +222,7 @@ async function sessionSettings(owner: pg.Client, ours: pg.Client, naive: pg.Clie
     exactMax: set!.exact ? Number(set!.exact) : exactDefault,
     exactMaxSource: set!.exact ? `set for this run (default ${fmtInt(exactDefault)})` : 'the default',
     efDefault: fallback('regen.search_ef_search'),
+    tenantEfDefault: fallback('regen.search_tenant_ef_search'),
     naiveEf: n!.ef, naiveIterative: n!.iterative, sharedBuffers: n!.buffers,
   };
 }
@@ -379,11 +380,13 @@ function sweepRows(ctx: Context, results: BucketResult[], queriesOf: Map<Bucket,
   const largest = results.at(-1)!;
   const largestSize = ctx.corpus.sizes[0]!;
   const scope = `largest tenant (${fmtInt(largestSize)} vectors)`;
+  // Both ef settings: the largest tenant is searched through its own index when it has one.
   const rows: SweepRow[] = SWEEP_EF.map((ef) => ({
     scope, queries: pick(largest),
-    label: `regen.search_ef_search = ${ef}${ef === settings.efDefault ? ' (default)' : ''}` +
+    label: `regen.search_ef_search = regen.search_tenant_ef_search = ${ef}` +
+      (ef === settings.efDefault ? ' (the default of the first)' : '') + (ef === settings.tenantEfDefault ? ' (the default of the second)' : '') +
       (largestSize > ctx.exactMax ? '' : ' (exact path: no effect)'),
-    set: [`set regen.search_ef_search = ${ef}`],
+    set: [`set regen.search_ef_search = ${ef}`, `set regen.search_tenant_ef_search = ${ef}`],
   }));
   // Both thresholds up: the exact path, whether or not the tenant has an index of its own.
   const never = 100_000_000;
@@ -409,6 +412,7 @@ async function sweep(ctx: Context, rows: SweepRow[], log: (line: string) => void
     for (const query of row.queries) samples.push((await searchOnce(ctx, 'ours', query)).sample);
     await ctx.ours.query('reset regen.search_ef_search');
     await ctx.ours.query('reset regen.search_tenant_index_min_rows');
+    await ctx.ours.query('reset regen.search_tenant_ef_search');
     await ctx.ours.query(`set regen.search_exact_max_rows = ${ctx.exactMax}`);
     out.push([row.scope, row.label, fmtInt(samples.length), fmtMs(pct(samples, 50)), fmtMs(pct(samples, 95)), fmtMs(pct(samples, 99)),
       mean(samples.map((s) => s.recall)).toFixed(3), Math.min(...samples.map((s) => s.recall)).toFixed(1),
