@@ -1,4 +1,4 @@
-// Helpers for test/search.test.ts: application roles, one search per transaction as such a role,
+// Helpers for test/search-*.test.ts: application roles, one search per transaction as such a role,
 // brute-force answers computed by the superuser, and the comparison of the two.
 import { randomBytes } from 'node:crypto';
 import pg from 'pg';
