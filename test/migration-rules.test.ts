@@ -180,6 +180,30 @@ describe('model migration rules', () => {
     expect(back!.index).toBe(`regen._embeddings_hnsw_v${v1!.id}`);
   });
 
+  it('migrates to 3,072 dimensions stored as halfvec, and searches the new version through its halfvec index', async () => {
+    const BIG = 'large@3';
+    await db.query(`select regen.create_version($1, 'large-model', 3072, settings => '{"chunk_chars": 2000, "distance": "cosine"}')`, [BIG]);
+    await startMigration(db, 'articles', BIG);
+    await embedRows(db, await allRowIds(db), 'articles', BIG, 3072);
+    expect(await cutover(db, 'articles', BIG)).toBe(BIG);
+    const { rows: [version] } = await db.query<{ index_type: string }>(`select index_type from regen.versions where tag = $1`, [BIG]);
+    expect(version!.index_type).toBe('halfvec');
+    const client = await db.pool.connect();
+    try {
+      await client.query('begin');
+      await client.query(`select regen.set_tenant('tenant_1')`);
+      await client.query('set local regen.search_exact_max_rows = 0');   // the approximate path: the halfvec index
+      const query = `[${Array.from({ length: 3072 }, (_, i) => ((i * 7) % 11) / 11).join(',')}]`;
+      const { rows } = await client.query<{ row_id: string }>('select row_id from regen.search_scoped($1::vector, 5)', [query]);
+      expect(rows).toHaveLength(5);
+      const { rows: [wrong] } = await client.query('select * from regen.search_scoped($1::vector, 5)', ['[1,2,3]']).catch((err) => ({ rows: [err] }));
+      expect(wrong).toMatchObject({ code: 'RG041', message: `the query has 3 dimensions, version ${BIG} has 3072` });
+    } finally {
+      await client.query('rollback');
+      client.release();
+    }
+  });
+
   it('abandons a build at any time by retiring it', async () => {
     await startMigration(db, 'articles', V2);
     await embedRows(db, (await allRowIds(db)).slice(0, 20), 'articles', V2, 4);
