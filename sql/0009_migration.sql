@@ -58,23 +58,28 @@ as $$
 $$;
 comment on function regen._coverage(integer, integer) is 'Exact item counts by state and coverage (current / expected) of one source and version';
 
+-- The indexed expression and operator class of a version's HNSW indexes (as regen.create_version).
+create function regen._hnsw_expression(version_id integer)
+returns text
+language sql stable strict
+as $$
+  select format('((embedding::%1$s(%2$s)) %1$s%3$s)',
+                case when v.dimensions > 2000 then 'halfvec' else 'vector' end, v.dimensions,
+                case v.settings->>'distance' when 'cosine' then '_cosine_ops' when 'l2' then '_l2_ops' else '_ip_ops' end)
+  from regen._versions v where v.id = _hnsw_expression.version_id
+$$;
+comment on function regen._hnsw_expression(integer) is 'The HNSW index expression and operator class of a version';
+
 -- A version's HNSW index (see regen.create_version), made again if regen.retire() dropped it when
 -- the last source stopped using the version. It then covers no rows: creating it takes no time.
 create function regen._ensure_version_index(version_id integer)
 returns void
 language plpgsql volatile
 as $$
-declare
-  v regen._versions;
 begin
-  select * into strict v from regen._versions x where x.id = _ensure_version_index.version_id;
-  if to_regclass(format('regen.%I', '_embeddings_hnsw_v' || v.id)) is null then
-    execute format('create index %I on regen._embeddings using hnsw ((embedding::%s(%s)) %s) where version_id = %s',
-                   '_embeddings_hnsw_v' || v.id,
-                   case when v.dimensions > 2000 then 'halfvec' else 'vector' end, v.dimensions,
-                   (case when v.dimensions > 2000 then 'halfvec' else 'vector' end)
-                     || case v.settings->>'distance' when 'cosine' then '_cosine_ops' when 'l2' then '_l2_ops' else '_ip_ops' end,
-                   v.id);
+  if to_regclass(format('regen.%I', '_embeddings_hnsw_v' || version_id)) is null then
+    execute format('create index %I on regen._embeddings using hnsw %s where version_id = %s',
+                   '_embeddings_hnsw_v' || version_id, regen._hnsw_expression(version_id), version_id);
   end if;
 end
 $$;

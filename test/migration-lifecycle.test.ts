@@ -1,15 +1,14 @@
 // A whole model migration with the real worker and the local provider, while rows are edited and
 // an application role searches all the time: 32 -> 16 dimensions, built beside the active version,
 // cut over, rolled back with no provider call, cut over again and the old version retired.
-import { randomBytes } from 'node:crypto';
 import OpenAI from 'openai';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cutover, retire, rollback, startMigration } from '../src/migrate.ts';
 import { search } from '../src/search.ts';
 import { startEmbeddingServer, type EmbeddingServer } from '../src/provider-server.ts';
 import type { RunningWorker } from '../src/worker/run.ts';
 import { freshDatabase, keepOnFailure, type TestDatabase } from './support/db.ts';
+import { createRole, type TestRole } from './support/search.ts';
 import { assertStoreConsistent, inProcessWorker, waitFor, workerEnv } from './support/worker.ts';
 
 const OLD = 'hash32@1';
@@ -23,9 +22,8 @@ describe('a model migration under load', () => {
   let db: TestDatabase;
   let server: EmbeddingServer;
   let worker: RunningWorker;
-  let app: pg.Pool;
+  let app: TestRole;
   let openai: OpenAI;
-  const role = `pgregen_app_${randomBytes(4).toString('hex')}`;
   keepOnFailure(() => db);
 
   // background load: edits through the owner, searches through the application role
@@ -51,7 +49,7 @@ describe('a model migration under load', () => {
       const tenant = TENANTS[i % 3]!;
       const at = Date.now();   // when the search started: one that starts after a flip must see it
       try {
-        const hits = await search({ pool: app, openai }, `article about topic ${i % 17}`, { tenant, k: K });
+        const hits = await search({ pool: app.pool, openai }, `article about topic ${i % 17}`, { tenant, k: K });
         const { rows: [own] } = await db.query<{ n: string }>(
           `select count(*) as n from articles where tenant = $1 and id = any($2::bigint[])`, [tenant, hits.map((h) => h.rowId)]);
         samples.push({ tenant, version: hits[0]?.version ?? 'none', rows: hits.length, foreign: hits.length - Number(own!.n), at });
@@ -95,11 +93,7 @@ describe('a model migration under load', () => {
     worker = await inProcessWorker(workerEnv(db.url, server));
     await closed(OLD);
 
-    await db.query(`create role ${role} login`);
-    await db.query('select regen.grant_app($1)', [role]);
-    const url = new URL(db.url);
-    url.username = role;
-    app = new pg.Pool({ connectionString: url.toString(), max: 2 });
+    app = await createRole(db, 'app', { grant: 'app', max: 2 });
     openai = new OpenAI({ apiKey: 'search-key', baseURL: server.url });   // searches count apart from the worker's 'test-key'
     load = Promise.all([edits(), searches()]).then(() => {});
   }, 120_000);
@@ -107,11 +101,9 @@ describe('a model migration under load', () => {
   afterAll(async () => {
     running = false;
     await load;
-    await app?.end();
+    await app?.drop();
     await worker?.stop();
     await server?.close();
-    await db?.query(`drop owned by ${role}`).catch(() => {});
-    await db?.query(`drop role if exists ${role}`).catch(() => {});
   });
 
   const servedSince = (at: number) => samples.filter((s) => s.at > at);

@@ -3,20 +3,15 @@
 // each refusal. Vectors are written the way the worker writes them (prepare_inputs, write_embeddings).
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { cutover, retire, rollback, startMigration } from '../src/migrate.ts';
+import { failure } from './support/assertions.ts';
 import { freshDatabase, type TestDatabase } from './support/db.ts';
 import { allRowIds, embedRows, gap, setupArticles } from './support/fixtures.ts';
 
 const V1 = 'test@1';
 const V2 = 'small@2';   // another model with fewer dimensions: 8 -> 4
 
-async function sqlError(promise: Promise<unknown>): Promise<{ code?: string; message: string; detail?: string; hint?: string }> {
-  try {
-    await promise;
-  } catch (err) {
-    return err as { code?: string; message: string; detail?: string; hint?: string };
-  }
-  throw new Error('expected an error');
-}
+type SqlError = { code?: string; message: string; detail?: string; hint?: string };
+const sqlError = (promise: Promise<unknown>) => failure<SqlError>(promise);
 
 async function roles(db: TestDatabase): Promise<Record<string, string>> {
   const { rows } = await db.query<{ version: string; role: string }>(

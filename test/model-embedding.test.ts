@@ -3,6 +3,7 @@
 // loaded once for the file (about a second) and shared by every server started here.
 import OpenAI, { type APIError } from 'openai';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { cosine, failure } from './support/assertions.ts';
 import { hashedEmbedding, startEmbeddingServer, type EmbeddingServer } from '../src/provider-server.ts';
 import { MODEL_PACKAGES, loadUseLite, startModelWorker } from '../src/provider-server/model-embedding.ts';
 
@@ -23,25 +24,6 @@ afterAll(async () => {
 async function embed(input: string[], model = 'use-lite'): Promise<number[][]> {
   const response = await openai.embeddings.create({ model, input });
   return response.data.map((d) => d.embedding);
-}
-
-async function failure(promise: Promise<unknown>): Promise<APIError> {
-  try {
-    await promise;
-  } catch (err) {
-    return err as APIError;
-  }
-  throw new Error('expected the request to fail');
-}
-
-function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let dot = 0, na = 0, nb = 0;
-  for (let i = 0; i < a.length; i++) {
-    dot += a[i]! * b[i]!;
-    na += a[i]! * a[i]!;
-    nb += b[i]! * b[i]!;
-  }
-  return dot / Math.sqrt(na * nb);
 }
 
 const norm = (v: number[]) => Math.hypot(...v);
@@ -100,11 +82,11 @@ describe('use-lite embedder through the openai client', () => {
   });
 
   it('refuses other dimensions and token arrays with 400, before they count against the limits', async () => {
-    const dims = await failure(openai.embeddings.create({ model: 'use-lite', input: 'text', dimensions: 256 }));
+    const dims = await failure<APIError>(openai.embeddings.create({ model: 'use-lite', input: 'text', dimensions: 256 }));
     expect(dims.status).toBe(400);
     expect(dims.error).toMatchObject({ type: 'invalid_request_error', param: 'dimensions' });
     expect(dims.message).toContain("Invalid value for 'dimensions': 256. The use-lite model gives 512 dimensions only");
-    const tokens = await failure(openai.embeddings.create({ model: 'use-lite', input: [[1820, 374, 264, 1296]] }));
+    const tokens = await failure<APIError>(openai.embeddings.create({ model: 'use-lite', input: [[1820, 374, 264, 1296]] }));
     expect(tokens.status).toBe(400);
     expect(tokens.message).toContain('The use-lite model embeds text only: send strings, not token arrays.');
   });
@@ -113,7 +95,7 @@ describe('use-lite embedder through the openai client', () => {
     const big = Array.from({ length: 48 }, (_, i) => `support ticket ${i}: the customer cannot log in after changing the password on the mobile app`);
     const order: string[] = [];
     const large = embed(big).then((v) => { order.push('large'); return v; });
-    const quick = failure(openai.embeddings.create({ model: 'use-lite', input: 'text', dimensions: 3 })).then(() => order.push('quick'));
+    const quick = failure<APIError>(openai.embeddings.create({ model: 'use-lite', input: 'text', dimensions: 3 })).then(() => order.push('quick'));
     const [vectors] = await Promise.all([large, quick]);
     expect(order).toEqual(['quick', 'large']);
     expect(vectors).toHaveLength(48);
@@ -135,7 +117,7 @@ describe('use-lite with the server\'s limits and faults', () => {
     other.setFaults({ nanRate: 1 });
     const poisoned = (await create()).data.flatMap((d) => d.embedding);
     expect(poisoned.filter((x) => x === null)).toHaveLength(1);          // NaN arrives as null in float JSON
-    const limited = await failure(create());
+    const limited = await failure<APIError>(create());
     expect(limited.status).toBe(429);
     expect(limited.message).toContain('Rate limit reached for use-lite on requests per min (RPM): Limit 2');
     expect(other.stats).toMatchObject({ ok: 2, status429: 1, inputs: 4 });

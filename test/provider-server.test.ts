@@ -5,6 +5,7 @@ import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import OpenAI, { type APIError } from 'openai';
 import { afterEach, describe, expect, it } from 'vitest';
+import { cosine, failure } from './support/assertions.ts';
 import {
   hashedEmbedding, startEmbeddingServer, type EmbeddingServer, type EmbeddingServerOptions,
 } from '../src/provider-server.ts';
@@ -26,26 +27,6 @@ async function serve(options: EmbeddingServerOptions = {}): Promise<EmbeddingSer
 
 function client(server: EmbeddingServer, options: { apiKey?: string; timeout?: number; fetch?: typeof fetch } = {}): OpenAI {
   return new OpenAI({ apiKey: 'sk-test-key', baseURL: server.url, maxRetries: 0, ...options });
-}
-
-/** The rejection of `promise`, for asserting on its class and fields. */
-async function failure(promise: Promise<unknown>): Promise<APIError> {
-  try {
-    await promise;
-  } catch (err) {
-    return err as APIError;
-  }
-  throw new Error('expected the request to fail');
-}
-
-function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let dot = 0, na = 0, nb = 0;
-  for (let i = 0; i < a.length; i++) {
-    dot += a[i]! * b[i]!;
-    na += a[i]! * a[i]!;
-    nb += b[i]! * b[i]!;
-  }
-  return dot / Math.sqrt(na * nb);
 }
 
 function decodeBase64(text: string): number[] {
@@ -108,19 +89,19 @@ describe('embeddings through the openai client', () => {
 
   it('refuses invalid requests with 400 as OpenAI does, for the whole request', async () => {
     const openai = client(await serve());
-    const tooMany = await failure(openai.embeddings.create({ model: MODEL, input: Array.from({ length: 2049 }, (_, i) => `text ${i}`) }));
+    const tooMany = await failure<APIError>(openai.embeddings.create({ model: MODEL, input: Array.from({ length: 2049 }, (_, i) => `text ${i}`) }));
     expect(tooMany).toBeInstanceOf(OpenAI.BadRequestError);
     expect(tooMany).toMatchObject({ status: 400, type: 'invalid_request_error' });
     expect(tooMany.message).toMatch(/^400 '\$\.input' is invalid/);
-    const empty = await failure(openai.embeddings.create({ model: MODEL, input: ['fine', ''] }));
+    const empty = await failure<APIError>(openai.embeddings.create({ model: MODEL, input: ['fine', ''] }));
     expect(empty).toBeInstanceOf(OpenAI.BadRequestError);
     expect(empty.message).toMatch(/'\$\.input\[1\]' is invalid/);
-    expect(await failure(openai.embeddings.create({ model: MODEL, input: [] }))).toBeInstanceOf(OpenAI.BadRequestError);
+    expect(await failure<APIError>(openai.embeddings.create({ model: MODEL, input: [] }))).toBeInstanceOf(OpenAI.BadRequestError);
     // Models without a known tokenizer count one token per 3 bytes: 40 x 7,500 = 300,000 + 40 tokens.
-    const huge = await failure(openai.embeddings.create({ model: 'local-model', input: Array.from({ length: 40 }, (_, i) => `${i}`.padEnd(22_502, 'x')) }));
+    const huge = await failure<APIError>(openai.embeddings.create({ model: 'local-model', input: Array.from({ length: 40 }, (_, i) => `${i}`.padEnd(22_502, 'x')) }));
     expect(huge).toBeInstanceOf(OpenAI.BadRequestError);
     expect(huge).toMatchObject({ code: 'max_tokens_per_request', message: '400 Requested 300040 tokens, max 300000 tokens per request' });
-    const long = await failure(openai.embeddings.create({ model: 'local-model', input: 'x'.repeat(30_000) }));
+    const long = await failure<APIError>(openai.embeddings.create({ model: 'local-model', input: 'x'.repeat(30_000) }));
     expect(long.message).toMatch(/maximum context length is 8192 tokens, however you requested 10000 tokens/);
   });
 
@@ -133,7 +114,7 @@ describe('embeddings through the openai client', () => {
     expect(malformed.status).toBe(400);
     expect((await malformed.json()).error).toMatchObject({ type: 'invalid_request_error', message: expect.stringMatching(/could not parse the JSON body/) });
 
-    const wrongKey = await failure(client(server, { apiKey: 'sk-wrong-key-5678' }).embeddings.create({ model: MODEL, input: 'hi' }));
+    const wrongKey = await failure<APIError>(client(server, { apiKey: 'sk-wrong-key-5678' }).embeddings.create({ model: MODEL, input: 'hi' }));
     expect(wrongKey).toBeInstanceOf(OpenAI.AuthenticationError);
     expect(wrongKey).toMatchObject({ status: 401, code: 'invalid_api_key' });
     expect(wrongKey.message).toMatch(/Incorrect API key provided: sk-\*+5678/);
@@ -155,7 +136,7 @@ describe('rate limits', () => {
     expect(first.response.headers.get('x-request-id')).toMatch(/^req_[0-9a-f]{32}$/);
     await a.embeddings.create({ model: MODEL, input: 'hello world' });
     for (let attempt = 0; attempt < 2; attempt++) {
-      const limited = await failure(a.embeddings.create({ model: MODEL, input: 'hello world' }));
+      const limited = await failure<APIError>(a.embeddings.create({ model: MODEL, input: 'hello world' }));
       expect(limited).toBeInstanceOf(OpenAI.RateLimitError);
       expect(limited).toMatchObject({ status: 429, type: 'requests', code: 'rate_limit_exceeded' });
       expect(limited.message).toMatch(/^429 Rate limit reached for text-embedding-3-small on requests per min \(RPM\): Limit 2, Used 2, Requested 1\. Please try again in 59\.\d+s/);
@@ -173,13 +154,13 @@ describe('rate limits', () => {
     const server = await serve({ tokensPerMinute: 10 });
     const openai = client(server);
     await openai.embeddings.create({ model: MODEL, input: 'one two three four five six' });  // 6 tokens
-    const limited = await failure(openai.embeddings.create({ model: MODEL, input: 'seven eight nine ten eleven' }));
+    const limited = await failure<APIError>(openai.embeddings.create({ model: MODEL, input: 'seven eight nine ten eleven' }));
     expect(limited).toBeInstanceOf(OpenAI.RateLimitError);
     expect(limited).toMatchObject({ type: 'tokens', code: 'rate_limit_exceeded' });
     expect(limited.message).toMatch(/on tokens per min \(TPM\): Limit 10, Used 6, Requested 5\./);
     expect(limited.headers!.get('x-ratelimit-remaining-tokens')).toBe('4');
     expect(Number(limited.headers!.get('retry-after'))).toBeGreaterThanOrEqual(1);
-    const tooLarge = await failure(openai.embeddings.create({ model: MODEL, input: 'a b c d e f g h i j k l' }));
+    const tooLarge = await failure<APIError>(openai.embeddings.create({ model: MODEL, input: 'a b c d e f g h i j k l' }));
     expect(tooLarge.message).toMatch(/^429 Request too large for text-embedding-3-small on tokens per min/);
     server.setLimits({ tokensPerMinute: 100 });
     await openai.embeddings.create({ model: MODEL, input: 'seven eight nine ten eleven' });
@@ -201,7 +182,7 @@ describe('rate limits', () => {
 describe('fault injection', () => {
   it('answers 5xx that the SDK raises as InternalServerError', async () => {
     const server = await serve({ faults: { serverErrorRate: 1 }, seed: 1 });
-    const errors = await Promise.all([1, 2, 3, 4, 5, 6].map(() => failure(client(server).embeddings.create({ model: MODEL, input: 'x' }))));
+    const errors = await Promise.all([1, 2, 3, 4, 5, 6].map(() => failure<APIError>(client(server).embeddings.create({ model: MODEL, input: 'x' }))));
     for (const error of errors) {
       expect(error).toBeInstanceOf(OpenAI.InternalServerError);
       expect(error.type).toBe('server_error');
@@ -215,12 +196,12 @@ describe('fault injection', () => {
   it('holds "timeout" requests until the client gives up, and close() drops them', async () => {
     const server = await serve({ faults: { timeoutRate: 1 } });
     const started = Date.now();
-    const timedOut = await failure(client(server, { timeout: 300 }).embeddings.create({ model: MODEL, input: 'x' }));
+    const timedOut = await failure<APIError>(client(server, { timeout: 300 }).embeddings.create({ model: MODEL, input: 'x' }));
     expect(timedOut).toBeInstanceOf(OpenAI.APIConnectionTimeoutError);
     expect(Date.now() - started).toBeGreaterThanOrEqual(290);
     expect(server.stats).toMatchObject({ requests: 1, timeouts: 1 });
     // A held request whose client never gives up ends when the server closes.
-    const pending = failure(client(server).embeddings.create({ model: MODEL, input: 'y' }));
+    const pending = failure<APIError>(client(server).embeddings.create({ model: MODEL, input: 'y' }));
     await expect.poll(() => server.stats.timeouts).toBe(2);
     await server.close();
     expect(await pending).toBeInstanceOf(OpenAI.APIConnectionError);
@@ -240,7 +221,7 @@ describe('fault injection', () => {
 
   it('fails a whole request with 400 when one input is "bad", naming its index', async () => {
     const server = await serve({ faults: { badInputs: (text) => text.includes('poison') } });
-    const bad = await failure(client(server).embeddings.create({ model: MODEL, input: ['ok', 'fine', 'poison pill', 'ok too'] }));
+    const bad = await failure<APIError>(client(server).embeddings.create({ model: MODEL, input: ['ok', 'fine', 'poison pill', 'ok too'] }));
     expect(bad).toBeInstanceOf(OpenAI.BadRequestError);
     expect(bad.message).toMatch(/^400 '\$\.input\[2\]' is invalid/);
     expect(server.stats.texts.size).toBe(0);

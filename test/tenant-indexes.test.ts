@@ -2,14 +2,13 @@
 // tenantIndexes() builds them concurrently, and search_scoped ranks such a tenant through its own
 // index, returning what an exact scan returns, to an application role under row-level security.
 import { execFile } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tenantIndexes } from '../src/tenant-indexes.ts';
 import { freshDatabase, keepOnFailure } from './support/db.ts';
 import { allRowIds, embedRows, vectorOf } from './support/fixtures.ts';
+import { createRole, type TestRole } from './support/search.ts';
 
 const DIMS = 8;
 const TAG = 'tenants@1';
@@ -18,8 +17,7 @@ const BIN = fileURLToPath(new URL('../bin/pgregen.js', import.meta.url));
 
 const db = await freshDatabase('tenant_indexes');
 keepOnFailure(db);
-const role = `pgregen_app_${randomBytes(4).toString('hex')}`;
-let app: pg.Pool;
+let app: TestRole;
 let versionId: number;
 
 const indexName = (tenant: string) => db.query<{ name: string }>(
@@ -27,7 +25,7 @@ const indexName = (tenant: string) => db.query<{ name: string }>(
 
 /** search_scoped as the application role, with the scans of the tenant's own index counted in its transaction. */
 async function search(tenant: string, query: number[]): Promise<{ ids: string[]; ownIndexScans: number }> {
-  const client = await app.connect();
+  const client = await app.pool.connect();
   try {
     const own = await indexName(tenant);
     const probe = `select coalesce(sum(pg_stat_get_xact_numscans(c.oid)), 0)::int as n from pg_class c
@@ -63,17 +61,11 @@ describe('tenant indexes', () => {
     await db.query(`select regen.register_source('docs', 'docs', 'id', 'body', 'tenant', version => $1)`, [TAG]);
     await embedRows(db, await allRowIds(db, 'docs'), 'docs', TAG, DIMS);
     versionId = (await db.query<{ id: number }>('select id from regen._versions where tag = $1', [TAG])).rows[0]!.id;
-    await db.query(`create role ${role} login`);
-    await db.query('select regen.grant_app($1)', [role]);
-    const url = new URL(db.url);
-    url.username = role;
-    app = new pg.Pool({ connectionString: url.toString(), max: 1 });
+    app = await createRole(db, 'app', { grant: 'app' });
   }, 60_000);
 
   afterAll(async () => {
-    await app?.end();
-    await db.query(`drop owned by ${role}`).catch(() => {});
-    await db.query(`drop role if exists ${role}`).catch(() => {});
+    await app?.drop();
   });
 
   it('plans an index for each tenant of at least min_rows vectors, and builds it concurrently', async () => {
