@@ -169,7 +169,7 @@ describe('failures', () => {
     expect(server.stats.timeouts).toBeGreaterThan(0);
     expect((await db.query(`select current::int as c from regen.embedding_gap where source = 'policy'`)).rows[0].c).toBe(300);
     await assertStoreConsistent(db);
-  });
+  }, 150_000);   // the wait above allows 120 s: the default test timeout (60 s) cut it short on a slow run
 });
 
 describe('request limits', () => {

@@ -2,7 +2,7 @@
 // SQL's per-query scores against, waiting for a version to be built, and running the CLI.
 import { execFile, execFileSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { dirname, isAbsolute, join } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import type { Db } from '../../src/db.ts';
 import { defaultCranfieldDir } from '../../src/eval/cranfield.ts';
@@ -134,8 +134,9 @@ export function cranfieldDir(): string {
     const root = fileURLToPath(new URL('../..', import.meta.url));
     const origin = execFileSync('git', ['-C', root, 'config', '--get', 'remote.origin.url'], { encoding: 'utf8' }).trim();
     const repository = origin.startsWith('file://') ? fileURLToPath(origin) : origin;
-    if (isAbsolute(repository)) {
-      const beside = join(dirname(repository.replace(/\/+$/, '')), 'shared', 'data', 'cranfield');
+    // a local path, as `git clone .` records it (/path/to/repo/.) or relative to this checkout
+    if (!/^[\w+-]+:\/\//.test(repository) && !/^[^/]+@[^:]+:/.test(repository)) {
+      const beside = join(dirname(resolve(root, repository)), 'shared', 'data', 'cranfield');
       if (existsSync(join(beside, 'cranfield-documents.json'))) return beside;
     }
   } catch {
