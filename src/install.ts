@@ -121,8 +121,10 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
         [`regen, ${pg.escapeIdentifier(vectorSchema)}`]);
       try {
         await migrate({ client }, dir, { logger: (line) => log(line) });
-        // Functions are executable by the roles pgregen grants, not by PUBLIC, whichever file made them.
+        // Functions are executable by the roles pgregen grants, not by PUBLIC, whichever file made them;
+        // admin roles get what the new files added.
         await client.query('revoke execute on all functions in schema regen from public');
+        await client.query(`select regen._refresh_grants() where to_regprocedure('regen._refresh_grants()') is not null`);
       } catch (err) {
         throw new PgregenError(`installing the schema failed: ${(err as Error).message}`,
           'nothing of the failed migration was kept; fix the cause and run pgregen install again');

@@ -28,13 +28,15 @@ export async function rollback(db: Db, source: string, reason?: string): Promise
 
 /**
  * Removes a version the source no longer serves (see regen.retire for the rollback window), then
- * drops the HNSW index of every version no source uses any more. `db` must not be inside a
+ * drops that version's HNSW index when no source uses it any more (other versions' indexes are
+ * left alone, including one created and not yet registered). `db` must not be inside a
  * transaction (a pool or a client in autocommit).
  */
 export async function retire(db: Db, source: string, version: string, minAge = '7 days'): Promise<RetireResult> {
   const { rows: [row] } = await db.query<{ vectors: string }>(
     'select regen.retire($1::text, $2::text, min_age => $3::interval) as vectors', [source, version, minAge]);
-  const unused = await db.query<{ index_name: string }>('select index_name from regen.unused_version_indexes()');
+  const unused = await db.query<{ index_name: string }>(
+    'select index_name from regen.unused_version_indexes() where version = $1::text', [version]);
   for (const { index_name } of unused.rows) {
     await db.query(`drop index concurrently if exists ${index_name}`);   // index_name is quoted by SQL (format %I)
   }

@@ -97,6 +97,31 @@ export async function compactGap(db: Db): Promise<number> {
   return Number(rows[0]?.n ?? 0);
 }
 
+export interface Recovered { source: string | null; version: string | null; items: number; reconciled: boolean }
+
+/**
+ * Unattended recovery (regen.recover): reconciles a store that changed behind pgregen's back (a
+ * restore, a truncate) and re-enqueues, hot-first, what lost its vectors. Cheap when nothing did.
+ */
+export async function recover(db: Db): Promise<Recovered[]> {
+  const { rows } = await db.query<{ source: string | null; version: string | null; items: string; reconciled: boolean }>(
+    'select * from regen.recover()');
+  return rows.map((r) => ({ source: r.source, version: r.version, items: Number(r.items), reconciled: r.reconciled }));
+}
+
+export interface ReconcileRow {
+  source: string; version: string; unsettled: number; settled: number; orphansRemoved: number; tenantsFixed: number;
+}
+
+/** regen.reconcile(): makes the items agree with the store, per source and version. */
+export async function reconcile(db: Db): Promise<ReconcileRow[]> {
+  const { rows } = await db.query<Record<string, string>>('select * from regen.reconcile()');
+  return rows.map((r) => ({
+    source: r.source!, version: r.version!, unsettled: Number(r.unsettled), settled: Number(r.settled),
+    orphansRemoved: Number(r.orphans_removed), tenantsFixed: Number(r.tenants_fixed),
+  }));
+}
+
 export async function queueDepth(db: Db): Promise<Array<{ version: string; state: string; jobs: number; items: number }>> {
   const { rows } = await db.query<{ version: string; state: string; jobs: string; items: string }>('select * from regen.queue_depth()');
   return rows.map((r) => ({ version: r.version, state: r.state, jobs: Number(r.jobs), items: Number(r.items) }));

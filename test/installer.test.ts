@@ -119,7 +119,8 @@ describe('uninstall', () => {
     const aclsBefore = await defaultAcls();
     await install({ connectionString: url });
     await pool.query(`create role pgregen_uninstall_app`).catch(() => {});
-    await pool.query(`select regen.grant_app('pgregen_uninstall_app'), regen.grant_admin('pgregen_uninstall_app')`);
+    await pool.query(`create role pgregen_uninstall_admin`).catch(() => {});
+    await pool.query(`select regen.grant_app('pgregen_uninstall_app'), regen.grant_admin('pgregen_uninstall_admin')`);
     await pool.query(`create table public.notes (id int primary key, body text)`);
     await pool.query(`insert into public.notes select g, 'note ' || g from generate_series(1, 50) g`);
     await pool.query(`select regen.create_version('t@1', 'm', 3)`);
@@ -136,8 +137,8 @@ describe('uninstall', () => {
     await pool.query(`update public.notes set body = 'changed' where id = 1`);
     // grants, policies and default privileges went with the schema; the role is the user's and stays
     expect(await defaultAcls()).toBe(aclsBefore);
-    expect((await pool.query(`select count(*)::int as n from pg_roles where rolname = 'pgregen_uninstall_app'`)).rows[0].n).toBe(1);
-    await pool.query('drop role pgregen_uninstall_app');   // nothing of pgregen holds on to it any more
+    expect((await pool.query(`select count(*)::int as n from pg_roles where rolname like 'pgregen\\_uninstall\\_%'`)).rows[0].n).toBe(2);
+    await pool.query('drop role pgregen_uninstall_app, pgregen_uninstall_admin');   // nothing of pgregen holds on to them any more
     // pgvector stays: it is not pgregen's to remove
     expect((await pool.query(`select count(*)::int as n from pg_extension where extname = 'vector'`)).rows[0].n).toBe(1);
     expect(await uninstall({ connectionString: url })).toEqual({ sources: [], removed: false });
