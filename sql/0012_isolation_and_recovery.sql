@@ -556,8 +556,12 @@ begin
               end if;
             exception when others then
               v_bad_ids := v_bad_ids || (v_row.%10$I)::text;
-              v_bad_tenants := v_bad_tenants || %11$s;
               v_bad_errors := v_bad_errors || format('an expression of source %%s raised an error on this row: %%s', %7$L, sqlerrm);
+              begin
+                v_bad_tenants := v_bad_tenants || %11$s;
+              exception when others then
+                v_bad_tenants := v_bad_tenants || null::text;   -- the tenant itself does not compute
+              end;
             end;
           end loop;
         end;
@@ -828,7 +832,7 @@ begin
                    v_alias, v_source.id_column, v_source.content_expression, v_source.relation);
   begin
     execute format($f$
-      with live as (%1$s where %2$I.%3$I = any($1::%4$s[])),
+      with live as materialized (%1$s where %2$I.%3$I = any($1::%4$s[])),   -- evaluated once per row
       drifted as (
         update regen._items it
            set content_hash = l.hash, drifts = it.drifts + 1, changed_at = now(), queue_job = null,
