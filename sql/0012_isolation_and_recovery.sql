@@ -12,7 +12,7 @@
 --   * regen.retire's index cleanup names only retired versions, and register_source makes sure the
 --     version's index exists.
 --
--- Error codes of this file: RG016 expression not immutable or of the wrong type, RG017 capture function
+-- Error codes of this file: RG015/RG016 expression unsafe, not immutable or of the wrong type, RG017 capture function
 -- fired by a table it was not generated for, RG043 (extended) role bound to no tenant.
 
 -- ---------------------------------------------------------------------------------------------
@@ -447,29 +447,78 @@ comment on view regen.recovery_status is
 -- ---------------------------------------------------------------------------------------------
 -- Expressions: immutable, of the right type, and never a reason for an application's write to fail.
 
--- Compiles the expression as an index expression over an empty temporary copy of the table (PostgreSQL
--- then refuses anything that is not immutable, and subqueries), and reads its type from a temporary
--- view; both vanish with the block. Refuses (RG016) a result type other than the one expected.
-create function regen._check_expression_kind(relation regclass, alias text, expr text, expected regtype, what text, search_path text)
+-- regen._check_expression casts the expression to the wanted type, and PostgreSQL casts an
+-- integer to boolean (0 false, anything else true): a filter `1` or `id` passed. This reads the
+-- expression's own type instead: the subquery returns no row (LIMIT 0: the expression never runs),
+-- the outer join one row of NULL, and pg_typeof tells that NULL's declared type. A domain counts
+-- as its base type; a type with an implicit cast to the expected one (integer to float8) passes,
+-- one with only an explicit cast (integer to boolean) does not.
+create function regen._check_expression_type(
+  relation regclass,
+  alias text,
+  expr text,
+  expected_type regtype,
+  what text,
+  search_path text
+)
+returns void
+language plpgsql volatile
+as $$
+declare
+  v_old_path text := current_setting('search_path');
+  v_type regtype;
+  v_base regtype;
+begin
+  perform regen._check_expression_text(expr, what);   -- RG015: exactly one safe expression, before it is compiled
+  perform set_config('search_path', search_path, true);
+  begin
+    execute format('select pg_typeof(c.value)::regtype from (select 1) one '
+                   'left join (select (%s) as value from %s as %I limit 0) c on true', expr, relation, alias)
+      into v_type;
+  exception when others then
+    perform set_config('search_path', v_old_path, true);
+    raise exception '% does not compile: %', what, sqlerrm
+      using errcode = 'RG016', detail = format('expression: %s', expr),
+            hint = format('columns are those of %s; functions outside pg_catalog and the table''s schema must be schema-qualified', relation);
+  end;
+  perform set_config('search_path', v_old_path, true);
+  v_base := v_type;
+  while (select t.typtype from pg_type t where t.oid = v_base) = 'd' loop
+    v_base := (select t.typbasetype from pg_type t where t.oid = v_base);
+  end loop;
+  if v_base = expected_type
+     or exists (select 1 from pg_cast c where c.castsource = v_base and c.casttarget = expected_type and c.castcontext = 'i') then
+    return;
+  end if;
+  raise exception '% must be of type %, not %', what, expected_type, v_type
+    using errcode = 'RG016', detail = format('expression: %s', expr),
+          hint = case when expected_type = 'boolean'::regtype
+                      then 'a filter says which rows get vectors: give a condition, e.g. status = ''published'' or flags <> 0'
+                      else format('cast it: (%s)::%s', expr, expected_type) end;
+end
+$$;
+comment on function regen._check_expression_type(regclass, text, text, regtype, text, text) is
+  'Refuses (RG015, RG016) an expression that is unsafe, does not compile, or whose type is neither expected_type (or a domain '
+  'over it) nor implicitly cast to it; an integer filter is refused though PostgreSQL casts integer to boolean. Never evaluates it.';
+
+-- Compiles the expression as an index expression over an empty temporary copy of the table:
+-- PostgreSQL then refuses anything that is not immutable, and subqueries. The copy vanishes with
+-- the block (a sentinel error rolls it back).
+create function regen._check_immutable(relation regclass, alias text, expr text, what text, search_path text)
 returns void
 language plpgsql volatile
 as $$
 declare
   v_old_path text := current_setting('search_path');
   v_error text;
-  v_type regtype;
 begin
   perform set_config('search_path', search_path, true);
   begin
     execute format('create temporary table %I (like %s)', alias, relation);
-    execute format('create temporary view %I as select (%s) as value from pg_temp.%I as %I',
-                   '_regen_check_' || md5(alias), expr, alias, alias);
-    select a.atttypid::regtype into v_type from pg_attribute a
-    where a.attrelid = format('pg_temp.%I', '_regen_check_' || md5(alias))::regclass and a.attname = 'value';
     execute format('create index on pg_temp.%I (((%s)))', alias, expr);
-    raise exception using errcode = 'RG000';   -- roll back the temporary objects
+    raise exception using errcode = 'RGCHK';   -- roll back the temporary table (never escapes)
   exception when others then
-    if sqlstate <> 'RG000' then
+    if sqlstate <> 'RGCHK' then
       v_error := sqlerrm;
     end if;
   end;
@@ -480,16 +529,10 @@ begin
             hint = 'the same row must always give the same result: no now(), random(), subqueries, or casts that depend on '
                    'settings such as timestamptz::text (use to_char(... at time zone ''UTC'', ...) or an immutable function)';
   end if;
-  if expected is not null and v_type is distinct from expected then
-    raise exception '% must be of type %, not %', what, expected, v_type
-      using errcode = 'RG016', detail = format('expression: %s', expr),
-            hint = case when expected = 'boolean'::regtype then 'a filter says which rows have vectors, e.g. status = ''published'''
-                        else format('cast it: (%s)::%s', expr, expected) end;
-  end if;
 end
 $$;
-comment on function regen._check_expression_kind(regclass, text, text, regtype, text, text) is
-  'Refuses (RG016) an expression that is not immutable, uses a subquery, or (when expected is given) is of another type';
+comment on function regen._check_immutable(regclass, text, text, text, text) is
+  'Refuses (RG016) an expression that is not immutable or uses a subquery';
 
 -- The generated capture function: set-based, one call per statement, static SQL. It evaluates the
 -- source's expressions once, without writing, inside a block; if any row makes them raise, it
@@ -1015,17 +1058,18 @@ begin
   v_path := format('pg_catalog, %I, pg_temp',
                    (select n.nspname from pg_class c join pg_namespace n on n.oid = c.relnamespace where c.oid = relation));
   perform regen._check_expression(relation, v_alias, content_expression, 'text', 'content expression', v_path);
-  perform regen._check_expression_kind(relation, v_alias, format('(%s)::text', content_expression), null, 'content expression', v_path);
+  perform regen._check_immutable(relation, v_alias, format('(%s)::text', content_expression), 'content expression', v_path);
   if tenant_column is not null then
-    perform regen._check_expression_kind(relation, v_alias, format('(%I.%I)::text', v_alias, tenant_column), null,
-                                         format('tenant column %s (as text)', quote_ident(tenant_column)), v_path);
+    perform regen._check_immutable(relation, v_alias, format('(%I.%I)::text', v_alias, tenant_column),
+                                   format('tenant column %s (as text)', quote_ident(tenant_column)), v_path);
   end if;
   if priority_expression is not null then
     perform regen._check_expression(relation, v_alias, priority_expression, 'float8', 'priority expression', v_path);
   end if;
   if filter_expression is not null then
     perform regen._check_expression(relation, v_alias, filter_expression, 'boolean', 'filter expression', v_path);
-    perform regen._check_expression_kind(relation, v_alias, filter_expression, 'boolean', 'filter expression', v_path);
+    perform regen._check_expression_type(relation, v_alias, filter_expression, 'boolean', 'filter expression', v_path);
+    perform regen._check_immutable(relation, v_alias, filter_expression, 'filter expression', v_path);
   end if;
 
   insert into regen._sources (name, relation, id_column, id_type, content_expression, tenant_column,

@@ -13,17 +13,61 @@ export function describeUrl(url: string): string {
   }
 }
 
+/** A connection string with its password masked (user:***@host), for messages. */
+export function redactUrl(url: string): string {
+  return url.replace(/^([a-z][a-z0-9+.-]*:\/\/)?([^:/@\s]*):(.*)@/i, (_m, scheme: string | undefined, user: string) => `${scheme ?? ''}${user}:***@`);
+}
+
+const URL_FORM = 'the form is postgres://USER:PASSWORD@HOST:PORT/DATABASE, in DATABASE_URL or --database-url';
+
+/**
+ * Refuses a connection string pg would misread: anything but a postgres:// or postgresql:// URL
+ * (pg takes "mydb" for a database on a host named "base", and fails with ENOTFOUND base), an
+ * invalid URL, or one with a fragment (an unencoded # in the password). Messages never show the password.
+ */
+export function checkUrl(url: string): void {
+  const shown = JSON.stringify(redactUrl(url));
+  if (/^socket:/i.test(url) || url.startsWith('/')) return;   // pg's Unix-socket forms
+  if (!/^postgres(ql)?:\/\//i.test(url)) {
+    throw new PgregenError(`the database URL ${shown} is not a PostgreSQL URL: it must start with postgres:// or postgresql://`, URL_FORM);
+  }
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new PgregenError(`the database URL ${shown} is not a valid URL`,
+      `${URL_FORM}; the port must be a number, and @ : / ? # % in the user name or password must be percent-encoded (@ as %40, / as %2F, # as %23)`);
+  }
+  if (parsed.hash) {
+    throw new PgregenError(`the database URL ${shown} has a # in it, which ends the URL there`,
+      `percent-encode # as %23 (in a password, say); ${URL_FORM}`);
+  }
+}
+
 /** The error of a failed connection attempt: where it tried to go, and what to check. */
 export function connectionError(connectionString: string, err: unknown): PgregenError {
-  return new PgregenError(`cannot connect to the database at ${describeUrl(connectionString)}: ${(err as Error).message}`,
-    'check DATABASE_URL or --database-url (host, port, user, password, database) and that the server is running');
+  const message = (err as Error).message ?? String(err);
+  if (/client password must be a (non-empty )?string/.test(message)) {
+    let user = '';
+    try { user = decodeURIComponent(new URL(connectionString).username); } catch { /* described below anyway */ }
+    return new PgregenError(`the database at ${describeUrl(connectionString)} asks for a password${user ? ` for user ${user}` : ''}, and none was given`,
+      'put it in the URL (postgres://USER:PASSWORD@HOST/DATABASE, percent-encoded), or set PGPASSWORD, or add it to ~/.pgpass',
+      undefined, undefined, { cause: err });
+  }
+  return new PgregenError(`cannot connect to the database at ${describeUrl(connectionString)}: ${message}`,
+    'check DATABASE_URL or --database-url (host, port, user, password, database) and that the server is running',
+    undefined, undefined, { cause: err });
 }
 
 export async function connect(connectionString: string, applicationName: string): Promise<pg.Client> {
+  checkUrl(connectionString);
   const client = new pg.Client({ connectionString, application_name: applicationName });
   try {
     await client.connect();
   } catch (err) {
+    // a refusal on the client's side (no password to give) leaves the socket open: the server would
+    // wait for the answer until its authentication_timeout, and this process with it
+    await client.end().catch(() => {});
     throw connectionError(connectionString, err);
   }
   return client;
@@ -59,21 +103,19 @@ export async function withInstalled<T>(connectionString: string, applicationName
   }
 }
 
-/** A pool whose first connection has been made and checked (reachable, pgregen installed). */
+/**
+ * A pool for a database that was reached and checked (pgregen installed) over a first connection of
+ * its own: pg-pool leaves the socket of a connection refused on the client's side open (no password
+ * to give), which would keep the process waiting on the server's authentication_timeout.
+ */
 export async function openPool(connectionString: string, applicationName: string, max = 2): Promise<pg.Pool> {
-  const pool = new pg.Pool({ connectionString, application_name: applicationName, max });
+  const first = await connect(connectionString, applicationName);
   try {
-    const client = await pool.connect().catch((err: unknown) => { throw connectionError(connectionString, err); });
-    try {
-      await requireSchema(client);
-    } finally {
-      client.release();
-    }
-  } catch (err) {
-    await pool.end();
-    throw err;
+    await requireSchema(first);
+  } finally {
+    await first.end();
   }
-  return pool;
+  return new pg.Pool({ connectionString, application_name: applicationName, max });
 }
 
 /**

@@ -1,6 +1,7 @@
 // The one database interface the TypeScript side needs: pg.Pool, pg.Client and pg.PoolClient fit it.
 export interface Db {
-  query<R extends object = Record<string, unknown>>(text: string, values?: unknown[]): Promise<{ rows: R[]; rowCount: number | null }>;
+  query<R extends object = Record<string, unknown>>(text: string, values?: unknown[]):
+    Promise<{ rows: R[]; rowCount: number | null; fields?: Array<{ name: string; dataTypeID: number }> }>;
 }
 
 /**

@@ -1,5 +1,6 @@
 // Reading the gap views.
 import type { Db } from './db.ts';
+import { PgregenError } from './errors.ts';
 
 export interface GapRow {
   source: string;
@@ -24,10 +25,20 @@ export async function readGap(db: Db, options: { byTenant?: boolean; source?: st
   const order = options.byTenant ? 'source, version, tenant' : 'source, role, version';
   const { rows } = await db.query<Record<string, unknown>>(
     `select * from ${view} where $1::text is null or source = $1 order by ${order}`, [options.source ?? null]);
+  if (rows.length === 0 && options.source !== undefined) await requireSource(db, options.source);
   return rows.map((row) => {
     const out = { ...row } as Record<string, unknown>;
     for (const key of COUNTS) out[key] = Number(row[key]);
     out.coverage = Number(row.coverage);
     return out as unknown as GapRow;
   });
+}
+
+/** Refuses (RG010, as the SQL functions do) a source name that is not registered, naming the ones that are. */
+export async function requireSource(db: Db, name: string): Promise<void> {
+  const { rows } = await db.query<{ name: string }>('select name from regen.sources order by name');
+  if (rows.some((r) => r.name === name)) return;
+  throw new PgregenError(`unknown source '${name}'`,
+    rows.length === 0 ? 'no source is registered yet: register one with pgregen source register (regen.register_source())'
+      : `registered sources: ${rows.map((r) => r.name).join(', ')} (pgregen source list)`, 'RG010');
 }

@@ -44,11 +44,76 @@ interface SearchInput {
   input: string;
 }
 
-export async function search(context: SearchContext, text: string, options: SearchOptions): Promise<SearchHit[]> {
-  if (typeof text !== 'string' || text.trim() === '') throw new PgregenError('the query text is empty', 'pass the text to search for');
-  if (typeof options.tenant !== 'string' || options.tenant === '') {
-    throw new PgregenError('no tenant given', 'search(text, { tenant, ... }): every search runs inside one tenant');
+/** regen.search_scoped returns at most this many chunks. */
+export const MAX_K = 1000;
+
+/**
+ * Refuses bad arguments before anything is sent to the database or the provider, with the codes
+ * regen.search_scoped uses for them: RG040 no tenant, RG041 an invalid search argument.
+ */
+export function checkSearchArguments(text: unknown, options: SearchOptions): void {
+  if (typeof text !== 'string' || text.trim() === '') throw new PgregenError('the query text is empty', 'pass the text to search for', 'RG041');
+  if (typeof options?.tenant !== 'string' || options.tenant === '') {
+    throw new PgregenError('no tenant given', 'search(text, { tenant, ... }): every search runs inside one tenant', 'RG040');
   }
+  const k = options.k ?? 10;
+  if (!Number.isInteger(k) || k < 1 || k > MAX_K) {
+    throw new PgregenError(`k must be between 1 and ${MAX_K}, not ${String(options.k)}`, undefined, 'RG041');
+  }
+  if (options.maxDistance !== undefined && options.maxDistance !== null && !(typeof options.maxDistance === 'number' && !Number.isNaN(options.maxDistance))) {
+    throw new PgregenError(`max_distance must be a number, not ${String(options.maxDistance)}`, undefined, 'RG041');
+  }
+  if (options.sources !== undefined && options.sources !== null &&
+      (!Array.isArray(options.sources) || options.sources.some((s) => typeof s !== 'string' || s === ''))) {
+    throw new PgregenError('sources must be an array of source names', 'leave it out to search every source', 'RG041');
+  }
+}
+
+/** The deepest cause of an error, e.g. `connect ECONNREFUSED 127.0.0.1:8080` under openai's "Connection error." */
+function rootCause(err: unknown): string {
+  let at = err as { cause?: unknown; message?: string } | undefined;
+  let message = at?.message ?? String(err);
+  for (let depth = 0; at?.cause && depth < 5; depth++) {
+    at = at.cause as { cause?: unknown; message?: string };
+    if (at?.message) message = at.message;
+  }
+  return message;
+}
+
+/**
+ * A failed embeddings request as an error that names the endpoint and what to check. `openai`'s own
+ * errors say only "Connection error." for an endpoint that cannot be reached.
+ */
+export function embeddingError(openai: OpenAI, model: string, err: unknown): PgregenError {
+  const endpoint = `${String(openai.baseURL ?? '').replace(/\/+$/, '')}/embeddings`;
+  const status = (err as { status?: unknown }).status;
+  if (typeof status !== 'number') {
+    return new PgregenError(`cannot reach the embeddings endpoint ${endpoint}: ${rootCause(err)}`,
+      'check the base URL (OPENAI_BASE_URL for the pgregen command line; unset means https://api.openai.com/v1) and that the server answers',
+      undefined, undefined, { cause: err });
+  }
+  const hint = status === 401 || status === 403 ? 'check the API key (OPENAI_API_KEY for the pgregen command line)'
+    : status === 404 ? `check that the endpoint serves model ${model} (the version's model, see regen.versions)`
+      : status === 429 || status >= 500 ? 'the provider is overloaded or failing: try again later' : undefined;
+  return new PgregenError(`the embeddings endpoint ${endpoint} answered ${status} for model ${model}: ${(err as Error).message}`,
+    hint, undefined, undefined, { cause: err });
+}
+
+/**
+ * The tenant's nearest chunks to `text`. Every refusal is a PgregenError with the RGnnn code of its
+ * reason (bad arguments are refused before any call; SQL's refusals keep their code, detail and hint);
+ * a provider that cannot be reached or refuses is a PgregenError naming the endpoint.
+ */
+export async function search(context: SearchContext, text: string, options: SearchOptions): Promise<SearchHit[]> {
+  checkSearchArguments(text, options);
+  try {
+    return await searchChecked(context, text, options);
+  } catch (err) {
+    throw PgregenError.fromSql(err);
+  }
+}
+
+async function searchChecked(context: SearchContext, text: string, options: SearchOptions): Promise<SearchHit[]> {
   const { pool, openai } = context;
   const sources = options.sources ?? null;
 
@@ -58,11 +123,16 @@ export async function search(context: SearchContext, text: string, options: Sear
   if (!target) return [];   // no source in scope
 
   // Embedded outside the transaction: no connection waits idle in a transaction on the provider.
-  const response = await openai.embeddings.create({
-    model: target.model,
-    input: target.input,
-    ...(target.send_dimensions ? { dimensions: target.dimensions } : {}),
-  });
+  let response: Awaited<ReturnType<OpenAI['embeddings']['create']>>;
+  try {
+    response = await openai.embeddings.create({
+      model: target.model,
+      input: target.input,
+      ...(target.send_dimensions ? { dimensions: target.dimensions } : {}),
+    });
+  } catch (err) {
+    throw embeddingError(openai, target.model, err);
+  }
   const embedding = response.data[0]?.embedding as number[] | undefined;
   if (!embedding) throw new PgregenError(`the provider returned no embedding for the query (model ${target.model})`);
 

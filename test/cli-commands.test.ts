@@ -107,7 +107,7 @@ describe('pgregen source', () => {
 describe('pgregen gap and rebuild --dry-run', () => {
   it('gap --json has the numbers of regen.embedding_gap', async () => {
     const { rows } = await db.query(`select source, version, role, expected::int, current::int, missing::int, stale::int, outdated::int,
-                                            failed::int, queued::int, coverage::float8, cutover_ready from regen.embedding_gap`);
+                                            failed::int, queued::int, coverage::float8, cutover_ready, store_verified from regen.embedding_gap`);
     expect(rows).toEqual([expect.objectContaining({ source: 'notes', expected: 12, missing: 12 })]);
     expect(json(await pgregen(['gap', '--json']))).toEqual(rows);
     expect(json(await pgregen(['gap', '--json', '--by-tenant'])).map((r: { tenant: string; missing: number }) => [r.tenant, r.missing]))
@@ -173,7 +173,7 @@ describe('bad arguments and bad configuration', () => {
     const source = await pgregen(['rebuild', '--source', 'nope']);
     expect(source).toMatchObject({ code: 1, stdout: '',
       stderr: "pgregen: unknown source 'nope'\n  hint: register it with regen.register_source(), or list the sources with: select * from regen.sources\n" });
-    // k is checked by regen.search_scoped, after the query was embedded: a provider must answer
+    // k is checked before the query is embedded (test/cli-defects.test.ts: the provider is not asked)
     const { startEmbeddingServer } = await import('../src/provider-server.ts');
     const server = await startEmbeddingServer({ dimensions: 16 });
     try {

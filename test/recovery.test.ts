@@ -20,6 +20,7 @@ import { assertStoreConsistent, inProcessWorker, waitFor, waitForClosedGap, work
 
 const run = promisify(execFile);
 const FIND_BIN = fileURLToPath(new URL('../scripts/find-pg-bin.sh', import.meta.url));
+const BIN = fileURLToPath(new URL('../bin/pgregen.js', import.meta.url));
 const DIMS = 16;
 const ROWS = 60;
 
@@ -39,14 +40,16 @@ async function seed(db: TestDatabase): Promise<void> {
 }
 
 async function vectors(db: Db): Promise<number> {
-  return (await db.query(`select count(*)::int as n from regen._embeddings`)).rows[0].n;
+  return (await db.query<{ n: number }>(`select count(*)::int as n from regen._embeddings`)).rows[0]!.n;
 }
 
-async function gapRow(db: Db) {
-  const { rows: [row] } = await db.query(
+type GapRow = { expected: number; current: number; missing: number; stale: number; outdated: number; queued: number; store_verified: boolean };
+
+async function gapRow(db: Db): Promise<GapRow> {
+  const { rows: [row] } = await db.query<GapRow>(
     `select expected::int, current::int, missing::int, stale::int, outdated::int, queued::int, store_verified
        from regen.embedding_gap where source = 'articles'`);
-  return row;
+  return row!;
 }
 
 describe('recovery', () => {
@@ -84,6 +87,7 @@ describe('recovery', () => {
       url.pathname = `/${restored}`;
       await run(await pgTool('pg_restore'), ['--exit-on-error', '--dbname', url.toString(), dump]);
       restoredPool = new pg.Pool({ connectionString: url.toString(), max: 4 });
+      restoredPool.on('error', () => {});   // the drop below ends connections that pool.end() has let go
 
       // the gap claims no vector: every row is missing, none current (judged against the empty store)
       expect(await vectors(restoredPool)).toBe(0);
@@ -199,5 +203,24 @@ describe('recovery', () => {
     expect(done.rows[0].n).toBe(0);   // reconciled, nothing lost, nothing to enqueue
     expect(await gapRow(db)).toMatchObject({ current: ROWS, store_verified: true });
     await waitFor('nothing queued', async () => (await gapRow(db)).queued === 0, 5_000);
+  });
+
+  it('pgregen status flags an unverified store and lost vectors; pgregen reconcile repairs and re-enqueues', async () => {
+    const cli = (args: string[]) => run(process.execPath, [BIN, ...args], { env: { ...process.env, DATABASE_URL: db.url } });
+    await db.query('vacuum full regen._embeddings');
+    await db.query(`delete from regen._embeddings where row_id in ('1', '2')`);
+    const status = await cli(['status']);
+    expect(status.stdout).toMatch(/^store NOT VERIFIED: it changed behind pgregen's back/m);
+    expect(status.stdout).toMatch(/^2 item\(s\) lost their vectors since \S+ and are not enqueued again: the worker re-enqueues them/m);
+    const asJson = JSON.parse((await cli(['status', '--json'])).stdout);
+    expect(asJson.recovery).toMatchObject({ storeVerified: false, autoRecover: true, lostItemsWaiting: 2 });
+    const repaired = JSON.parse((await cli(['reconcile', '--json'])).stdout);
+    expect(repaired).toEqual({
+      reconciled: [{ source: 'articles', version: 'hash@1', unsettled: 0, settled: 0, orphansRemoved: 0, tenantsFixed: 0 }],
+      enqueued: [{ source: 'articles', version: 'hash@1', items: 2, reconciled: false }],
+    });
+    const after = JSON.parse((await cli(['status', '--json'])).stdout);
+    expect(after.recovery).toMatchObject({ storeVerified: true, lostItemsWaiting: 0 });
+    expect((await gapRow(db)).queued).toBe(2);
   });
 });

@@ -223,24 +223,24 @@ describe('edits and keys', () => {
   });
 
   it('embeds a tenant with its own key, referenced by name, in batches of that key only', async () => {
-    await db.query(`select regen.set_tenant_key('tenant_1', 'TENANT_ONE_KEY')`);
+    await db.query(`select regen.set_tenant_key('tenant_1', 'REGEN_KEY_TENANT_ONE')`);
     await db.query(`select * from regen.rebuild('policy')`);
-    process.env.TENANT_ONE_KEY = 'key-of-tenant-one';   // the worker reads tenant keys from its environment
+    process.env.REGEN_KEY_TENANT_ONE = 'key-of-tenant-one';   // the worker reads tenant keys from its environment
     try {
       worker = await inProcessWorker(env());
       await waitForClosedGap(db, 'policy');
     } finally {
-      delete process.env.TENANT_ONE_KEY;
+      delete process.env.REGEN_KEY_TENANT_ONE;
     }
     expect(server.stats.byKey['key-of-tenant-one']?.inputs).toBe(75);
     expect(server.stats.byKey['test-key']?.inputs).toBe(225);
-    const stored = await db.query(`select count(*)::int as n from regen.tenant_keys where api_key_ref = 'TENANT_ONE_KEY'`);
+    const stored = await db.query(`select count(*)::int as n from regen.tenant_keys where api_key_ref = 'REGEN_KEY_TENANT_ONE' and usable`);
     expect(stored.rows[0].n).toBe(1);
     await expect(db.query(`select regen.set_tenant_key('tenant_2', 'sk-live-1234 5678')`)).rejects.toMatchObject({ code: 'RG031' });
   });
 
   it('reports a missing tenant key as the last error and embeds the other tenants', async () => {
-    await db.query(`select regen.set_tenant_key('tenant_2', 'NOT_PROVIDED_KEY')`);
+    await db.query(`select regen.set_tenant_key('tenant_2', 'REGEN_KEY_NOT_PROVIDED')`);
     await db.query(`select * from regen.rebuild('manual')`);
     worker = await inProcessWorker(env());
     await waitFor('the other tenants', async () => (await db.query(`select current::int as c from regen.embedding_gap where source = 'manual'`)).rows[0].c === 225);
@@ -248,7 +248,7 @@ describe('edits and keys', () => {
       const { rows } = await db.query(`select last_error from regen.rebuild_progress where source = 'manual'`);
       return rows[0].last_error ?? undefined;
     });
-    expect(progress).toMatch(/API key reference NOT_PROVIDED_KEY .* neither the environment variable NOT_PROVIDED_KEY/);
+    expect(progress).toMatch(/API key reference REGEN_KEY_NOT_PROVIDED .* neither the environment variable REGEN_KEY_NOT_PROVIDED/);
   });
 });
 

@@ -6,6 +6,7 @@ import OpenAI from 'openai';
 import pg from 'pg';
 import { openPool, withInstalled } from '../connect.ts';
 import { PgregenError } from '../errors.ts';
+import { toJson } from '../json.ts';
 import { CRANFIELD_DIR_ENV, defaultCranfieldDir, loadCranfield, registerCranfieldSource, type CranfieldLoad } from '../eval/cranfield.ts';
 import { readQuerySet, writeQuerySet, type QuerySet } from '../eval/query-set.ts';
 import { evaluate, shadowCompare, type EvalRun, type ShadowRun } from '../eval/run.ts';
@@ -50,7 +51,7 @@ Provider: OPENAI_API_KEY and OPENAI_BASE_URL, as for pgregen worker.`)
       await withContext(url, 'pgregen eval', async (context) => {
         const run = await evaluate(context, { version: opts.version!, querySet, tenant: tenantOf(opts, command), sources: sourcesOf(opts), k: opts.k });
         const coverage = await coverageOf(context.pool, run.version, run.sources);
-        console.log(opts.json ? JSON.stringify({ ...run, coverage }) : formatEvalRun(run, coverage));
+        console.log(opts.json ? toJson({ ...run, coverage }) : formatEvalRun(run, coverage));
       });
     });
 }
@@ -71,7 +72,7 @@ Example:
       await withContext(url, 'pgregen shadow', async (context) => {
         const run = await shadowCompare(context, { versionA: opts.a!, versionB: opts.b!, queries: querySet.queries,
           querySet: querySet.name, tenant: tenantOf(opts, command), sources: sourcesOf(opts), k: opts.k });
-        console.log(opts.json ? JSON.stringify(run) : formatShadowRun(run));
+        console.log(opts.json ? toJson(run) : formatShadowRun(run));
       });
     });
 }
@@ -117,7 +118,7 @@ async function loadCranfieldCommand(url: string, opts: EvalOptions, command: Com
     await writeQuerySet(opts.out!, loaded.querySet);
     const summary = { dir, table: loaded.table, tenant, documents: loaded.documents, queries: loaded.querySet.queries.length,
       querySetFile: opts.out, source: source?.source ?? null, registered: source?.registered ?? false };
-    console.log(opts.json ? JSON.stringify(summary) : [
+    console.log(opts.json ? toJson(summary) : [
       `loaded ${loaded.documents} Cranfield documents from ${dir} into ${loaded.table} (tenant ${tenant})`,
       source ? (source.registered ? `registered source ${source.source} under version ${opts.version}: run pgregen worker to embed it`
         : `source ${source.source} was registered on ${loaded.table} already: left as it is`)

@@ -4,10 +4,15 @@ import { Command, InvalidArgumentError } from 'commander';
 import Table from 'cli-table3';
 import { withInstalled } from '../connect.ts';
 import { readGap, type GapRow } from '../gap.ts';
+import { toJson } from '../json.ts';
 import { databaseUrl } from './options.ts';
 
-export function formatGap(rows: GapRow[], byTenant = false): string {
-  if (rows.length === 0) return 'no sources registered: see regen.register_source()';
+export function formatGap(rows: GapRow[], byTenant = false, source?: string): string {
+  if (rows.length === 0) {
+    // readGap refuses an unknown source: a known one without rows has nothing to count yet
+    if (source !== undefined) return `source ${source} has no rows${byTenant ? ' of any tenant' : ''} to embed: its gap is empty`;
+    return 'no sources registered: see pgregen source register --help (regen.register_source())';
+  }
   const head = ['source', 'version', ...(byTenant ? ['tenant'] : []), 'expected', 'current', 'missing', 'stale', 'outdated', 'failed', 'queued', 'coverage'];
   const table = new Table({ head, style: { head: [], border: [] } });
   for (const r of rows) {
@@ -65,7 +70,7 @@ export function gapCommand(): Command {
       await withInstalled(databaseUrl(command), 'pgregen gap', async (client) => {
         const show = async () => {
           const rows = await readGap(client, { byTenant: opts.byTenant, source: opts.source });
-          return opts.json ? JSON.stringify(rows) : formatGap(rows, opts.byTenant);
+          return opts.json ? toJson(rows) : formatGap(rows, opts.byTenant, opts.source);
         };
         if (!opts.watch) {
           console.log(await show());

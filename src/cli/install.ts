@@ -1,6 +1,7 @@
 // `pgregen install` and `pgregen uninstall`.
 import { Command } from 'commander';
 import { install, uninstall } from '../install.ts';
+import { toJson } from '../json.ts';
 import { databaseUrl } from './options.ts';
 
 export function installCommand(): Command {
@@ -10,7 +11,7 @@ export function installCommand(): Command {
     .action(async (opts: { json?: boolean }, command: Command) => {
       const result = await install({ connectionString: databaseUrl(command) });
       if (opts.json) {
-        console.log(JSON.stringify(result));
+        console.log(toJson(result));
       } else if (result.applied.length === 0) {
         console.log(`schema regen is up to date (${result.alreadyApplied.length} migrations applied earlier)`);
       } else {
@@ -26,7 +27,7 @@ export function uninstallCommand(): Command {
     .action(async (opts: { json?: boolean }, command: Command) => {
       const result = await uninstall({ connectionString: databaseUrl(command) });
       if (opts.json) {
-        console.log(JSON.stringify(result));
+        console.log(toJson(result));
       } else if (!result.removed) {
         console.log('schema regen is not installed: nothing to remove');
       } else {

@@ -4,6 +4,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import Table from 'cli-table3';
 import { cutover, retire, rollback, startMigration } from '../migrate.ts';
 import { withInstalled } from '../connect.ts';
+import { toJson } from '../json.ts';
 import { databaseUrl } from './options.ts';
 
 function coverageArg(value: string): number {
@@ -13,7 +14,7 @@ function coverageArg(value: string): number {
 }
 
 const url = (command: Command) => databaseUrl(command);
-const print = (json: boolean | undefined, value: unknown, text: string) => console.log(json ? JSON.stringify(value) : text);
+const print = (json: boolean | undefined, value: unknown, text: string) => console.log(json ? toJson(value) : text);
 
 export function migrateCommand(): Command {
   const migrate = new Command('migrate')
@@ -43,8 +44,16 @@ export function migrateCommand(): Command {
     .option('--reason <text>', 'why (recorded with the cutover)')
     .option('--json', 'print the result as JSON')
     .action(async (source: string, version: string, opts: { minCoverage: number; force?: boolean; reason?: string; json?: boolean }, command: Command) => {
-      const active = await withInstalled(url(command), 'pgregen migrate', (db) => cutover(db, source, version, opts));
-      print(opts.json, { source, active }, `source ${source} now serves version ${active}; pgregen migrate rollback ${source} flips back`);
+      const result = await withInstalled(url(command), 'pgregen migrate', async (db) => {
+        // regen.cutover returns quietly (a notice) for the version already served: nothing flips then
+        const { rows: [row] } = await db.query<{ role: string }>(
+          'select role from regen.embedding_gap where source = $1 and version = $2', [source, version]);
+        if (row?.role === 'active') return { active: version, flipped: false };
+        return { active: await cutover(db, source, version, opts), flipped: true };
+      });
+      print(opts.json, { source, ...result }, result.flipped
+        ? `source ${source} now serves version ${result.active}; pgregen migrate rollback ${source} flips back`
+        : `source ${source} already serves version ${version}: nothing changed`);
     });
 
   migrate.command('rollback')

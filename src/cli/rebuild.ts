@@ -7,6 +7,7 @@ import cliProgress from 'cli-progress';
 import type { Db } from '../db.ts';
 import { PgregenError } from '../errors.ts';
 import { withInstalled } from '../connect.ts';
+import { toJson } from '../json.ts';
 import { pause, untilInterrupted } from './gap.ts';
 import { databaseUrl } from './options.ts';
 
@@ -185,7 +186,7 @@ async function enqueueAndFollow(db: Db, opts: CliOptions): Promise<void> {
       rows.map((r) => `${r.source} ${r.version} ${count(r.items)}`).join(', '));
   }
   if (!opts.wait || rows.length === 0) {
-    if (opts.json) console.log(JSON.stringify({ enqueued: rows }));
+    if (opts.json) console.log(toJson({ enqueued: rows }));
     return;
   }
   const view = progressView(opts.json ?? false);
@@ -196,7 +197,7 @@ async function enqueueAndFollow(db: Db, opts: CliOptions): Promise<void> {
   const took = (Date.now() - started) / 1000;
   const final = outcome.last;
   if (opts.json) {
-    console.log(JSON.stringify({ enqueued: rows, outcome: outcome.kind, done: final.done, remaining: final.remaining, failed: final.failed, seconds: took }));
+    console.log(toJson({ enqueued: rows, outcome: outcome.kind, done: final.done, remaining: final.remaining, failed: final.failed, seconds: took }));
   } else if (outcome.kind === 'interrupted') {
     console.log(`stopped watching: ${count(final.remaining)} item(s) stay queued and the workers go on with them (follow with pgregen gap --watch)`);
   } else if (outcome.kind === 'closed') {
@@ -234,7 +235,7 @@ export function rebuildCommand(): Command {
         const rows = await rebuild(db, opts);
         if (opts.json) {
           const tokens = rows.reduce((n, r) => n + (r.estimated_tokens ?? 0), 0);
-          console.log(JSON.stringify({
+          console.log(toJson({
             dryRun: true, rows, items: rows.reduce((n, r) => n + r.items, 0), estimatedTokens: tokens,
             pricePerMTok: opts.pricePerMtok, estimatedCostUsd: tokens / 1e6 * opts.pricePerMtok,
           }));

@@ -6,7 +6,8 @@ import Table from 'cli-table3';
 import OpenAI from 'openai';
 import { PgregenError } from '../errors.ts';
 import { openPool } from '../connect.ts';
-import { search, type SearchHit } from '../search.ts';
+import { checkSearchArguments, search, type SearchHit, type SearchOptions } from '../search.ts';
+import { toJson } from '../json.ts';
 import { databaseUrl } from './options.ts';
 
 /** An OpenAI client configured from OPENAI_API_KEY and OPENAI_BASE_URL, like the worker's. */
@@ -53,15 +54,17 @@ export function searchCommand(): Command {
     .option('--json', 'print the hits as JSON')
     .addHelpText('after', '\nThe query is embedded through OPENAI_BASE_URL (default: OpenAI) with OPENAI_API_KEY, like the worker.')
     .action(async (text: string, opts: SearchCliOptions, command: Command) => {
+      const options: SearchOptions = {
+        tenant: opts.tenant, k: opts.k, sources: opts.source.length ? opts.source : undefined,
+        version: opts.version, maxDistance: opts.maxDistance,
+      };
+      checkSearchArguments(text, options);   // before the database and the provider are asked anything
       const url = databaseUrl(command);
       const openai = openaiFromEnv();
       const pool = await openPool(url, 'pgregen search');
       try {
-        const hits = await search({ pool, openai }, text, {
-          tenant: opts.tenant, k: opts.k, sources: opts.source.length ? opts.source : undefined,
-          version: opts.version, maxDistance: opts.maxDistance,
-        });
-        console.log(opts.json ? JSON.stringify(hits) : formatHits(hits, opts.tenant));
+        const hits = await search({ pool, openai }, text, options);
+        console.log(opts.json ? toJson(hits) : formatHits(hits, opts.tenant));
       } finally {
         await pool.end();
       }

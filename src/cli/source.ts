@@ -3,6 +3,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import Table from 'cli-table3';
 import type { Db } from '../db.ts';
 import { withInstalled } from '../connect.ts';
+import { jsonRows, toJson } from '../json.ts';
 import { databaseUrl } from './options.ts';
 
 export interface SourceRow {
@@ -15,6 +16,7 @@ export interface SourceRow {
   weight: number;
   filter_expression: string | null;
   active_version: string;
+  /** ISO 8601. */
   created_at: string;
 }
 
@@ -44,11 +46,11 @@ export async function registerSource(db: Db, name: string, def: SourceDefinition
 }
 
 export async function listSources(db: Db): Promise<SourceRow[]> {
-  const { rows } = await db.query<SourceRow>(
+  const result = await db.query(
     `select name, relation::text as relation, id_column::text as id_column, content_expression, tenant_column::text as tenant_column,
-            priority_expression, weight, filter_expression, active_version, created_at::text as created_at
+            priority_expression, weight, filter_expression, active_version, created_at
        from regen.sources order by name`);
-  return rows;
+  return jsonRows<SourceRow>(result);
 }
 
 export async function unregisterSource(db: Db, name: string): Promise<{ name: string; table: string }> {
@@ -99,7 +101,7 @@ export function sourceCommand(): Command {
     .option('--json', 'print the result as JSON')
     .action(async (name: string, opts: RegisterOptions, command: Command) => {
       const result = await withInstalled(databaseUrl(command), 'pgregen source', (db) => registerSource(db, name, opts));
-      if (opts.json) console.log(JSON.stringify(result));
+      if (opts.json) console.log(toJson(result));
       else console.log(`registered source ${name} on ${result.table} for version ${result.version}: ${result.rows} row(s) to embed; ` +
         'run pgregen rebuild to enqueue them');
     });
@@ -109,7 +111,7 @@ export function sourceCommand(): Command {
     .option('--json', 'print rows as JSON')
     .action(async (opts: { json?: boolean }, command: Command) => {
       const rows = await withInstalled(databaseUrl(command), 'pgregen source', listSources);
-      console.log(opts.json ? JSON.stringify(rows) : formatSources(rows));
+      console.log(opts.json ? toJson(rows) : formatSources(rows));
     });
 
   source.command('unregister')
@@ -118,7 +120,7 @@ export function sourceCommand(): Command {
     .option('--json', 'print the result as JSON')
     .action(async (name: string, opts: { json?: boolean }, command: Command) => {
       const result = await withInstalled(databaseUrl(command), 'pgregen source', (db) => unregisterSource(db, name));
-      if (opts.json) console.log(JSON.stringify(result));
+      if (opts.json) console.log(toJson(result));
       else console.log(`unregistered source ${name}: its triggers on ${result.table} and its vectors are gone; the table and its rows stay`);
     });
 

@@ -3,6 +3,7 @@
 import { Command, InvalidArgumentError } from 'commander';
 import Table from 'cli-table3';
 import { withInstalled } from '../connect.ts';
+import { toJson } from '../json.ts';
 import { tenantIndexes, type TenantIndexStep } from '../tenant-indexes.ts';
 import { databaseUrl } from './options.ts';
 
@@ -32,6 +33,6 @@ export function tenantIndexesCommand(): Command {
         minRows: opts.minRows, version: opts.version, dryRun: opts.dryRun,
         onStep: opts.json ? undefined : (s) => process.stderr.write(`${s.action} ${s.indexName} (${s.tenant ?? 'a tenant no longer in the store'}, ${s.vectors} vectors) ...\n`),
       }));
-      console.log(opts.json ? JSON.stringify(steps) : formatSteps(steps, opts.dryRun ?? false));
+      console.log(opts.json ? toJson(steps) : formatSteps(steps, opts.dryRun ?? false));
     });
 }

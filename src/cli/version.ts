@@ -3,6 +3,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import Table from 'cli-table3';
 import type { Db } from '../db.ts';
 import { withInstalled } from '../connect.ts';
+import { jsonRows, toJson } from '../json.ts';
 import { databaseUrl } from './options.ts';
 
 export interface VersionRow {
@@ -12,6 +13,7 @@ export interface VersionRow {
   dimensions: number;
   settings: Record<string, unknown>;
   index_type: string;
+  /** ISO 8601. */
   created_at: string;
   /** Sources using it, as "name (role)". */
   sources: string[];
@@ -28,12 +30,12 @@ export async function createVersion(db: Db, tag: string, model: string, dimensio
 }
 
 export async function listVersions(db: Db): Promise<VersionRow[]> {
-  const { rows } = await db.query<VersionRow>(
-    `select v.tag, v.provider, v.model, v.dimensions, v.settings, v.index_type, v.created_at::text as created_at,
+  const result = await db.query(
+    `select v.tag, v.provider, v.model, v.dimensions, v.settings, v.index_type, v.created_at,
             coalesce((select array_agg(g.source || ' (' || g.role || ')' order by g.source)
                         from regen.embedding_gap g where g.version = v.tag), '{}') as sources
        from regen.versions v order by v.created_at, v.tag`);
-  return rows;
+  return jsonRows<VersionRow>(result);
 }
 
 export function formatVersions(rows: VersionRow[]): string {
@@ -49,6 +51,21 @@ function dimensionsArg(value: string): number {
   const n = Number(value);
   if (!/^\d+$/.test(value.trim()) || n < 1) throw new InvalidArgumentError('expected a positive integer');
   return n;
+}
+
+/**
+ * Providers the worker can embed with: 'openai' is the official OpenAI client, which speaks to
+ * OpenAI and to any OpenAI-compatible endpoint (Azure, Ollama, vLLM, TEI) through OPENAI_BASE_URL.
+ * regen.create_version refuses any other provider too (RG003).
+ */
+export const SUPPORTED_PROVIDERS = ['openai'] as const;
+
+function providerArg(value: string): string {
+  if (!(SUPPORTED_PROVIDERS as readonly string[]).includes(value)) {
+    throw new InvalidArgumentError(`the worker embeds only through ${SUPPORTED_PROVIDERS.join(', ')}: use openai, ` +
+      'which also covers OpenAI-compatible endpoints (Azure, Ollama, vLLM, TEI) through the worker\'s OPENAI_BASE_URL');
+  }
+  return value;
 }
 
 function settingsArg(value: string): Record<string, unknown> {
@@ -75,13 +92,13 @@ export function versionCommand(): Command {
     .argument('<tag>', 'the version tag, e.g. text-embedding-3-small@1/chunk-2000')
     .requiredOption('--model <model>', 'embedding model, e.g. text-embedding-3-small')
     .requiredOption('--dimensions <n>', 'vector dimensions (1 to 4000)', dimensionsArg)
-    .option('--provider <provider>', 'embedding provider', 'openai')
+    .option('--provider <provider>', `embedding provider: ${SUPPORTED_PROVIDERS.join(', ')} (any OpenAI-compatible endpoint)`, providerArg, 'openai')
     .option('--settings <json>', 'chunking and preprocessing settings as a JSON object (see the README)', settingsArg, {})
     .option('--json', 'print the result as JSON')
     .action(async (tag: string, opts: CreateOptions, command: Command) => {
       const result = await withInstalled(databaseUrl(command), 'pgregen version', (db) =>
         createVersion(db, tag, opts.model, opts.dimensions, opts.provider, opts.settings));
-      if (opts.json) console.log(JSON.stringify(result));
+      if (opts.json) console.log(toJson(result));
       else if (result.created) console.log(`created version ${tag} (${opts.provider} ${opts.model}, ${opts.dimensions} dimensions)`);
       else console.log(`version ${tag} already exists with the same settings: nothing to do`);
     });
@@ -91,7 +108,7 @@ export function versionCommand(): Command {
     .option('--json', 'print rows as JSON')
     .action(async (opts: { json?: boolean }, command: Command) => {
       const rows = await withInstalled(databaseUrl(command), 'pgregen version', listVersions);
-      console.log(opts.json ? JSON.stringify(rows) : formatVersions(rows));
+      console.log(opts.json ? toJson(rows) : formatVersions(rows));
     });
 
   return version;

@@ -6,6 +6,7 @@ import type OpenAI from 'openai';
 import type pg from 'pg';
 import pgvector from 'pgvector';
 import { PgregenError } from '../errors.ts';
+import { embeddingError } from '../search.ts';
 import type { QuerySet } from './query-set.ts';
 
 export interface EvalContext {
@@ -77,6 +78,9 @@ export async function evaluate(context: EvalContext, options: EvaluateOptions): 
   const k = checkArguments(options.tenant, options.k, options.querySet.queries.length);
   const sources = await runSources(context.pool, [options.version], options.sources);
   const queries = options.querySet.queries;
+  // RG061 before any query is embedded when no result could match a judgement (record_eval_run checks it again)
+  await context.pool.query('select regen._check_eval_scope($1::text, $2::text, $3::text[], $4::jsonb)',
+    [options.version, options.tenant, sources, JSON.stringify(queries.map((q) => ({ id: q.id, judgements: q.judgements })))]);
   const vectors = await embedQueries(context, queries.map((q) => q.text), sources, options.version);
   const ranked = await rankAll(context.pool, options.tenant, vectors, k, sources, options.version);
   const results = queries.map((q, i) => ({ id: q.id, ranked: ranked[i], judgements: q.judgements }));
@@ -146,7 +150,7 @@ async function embedQueries(context: EvalContext, texts: string[], sources: stri
       model: target.model,
       input,
       ...(target.send_dimensions ? { dimensions: target.dimensions } : {}),
-    });
+    }).catch((err: unknown) => { throw embeddingError(context.openai, target.model, err); });
     const data = [...response.data].sort((a, b) => a.index - b.index);
     if (data.length !== input.length) {
       throw new PgregenError(`the provider returned ${data.length} embeddings for ${input.length} queries (model ${target.model})`);

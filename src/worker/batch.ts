@@ -6,12 +6,15 @@ import type { Db } from '../db.ts';
 import { countTokens } from '../tokens.ts';
 import { failInputs, prepareInputs, reportError, writeEmbeddings, type Input, type Refusal, type VersionInfo } from '../store.ts';
 import type { EmbedOutcome, EmbedRequest, Provider } from './provider.ts';
+import { keyRefs, MissingKey, type KeyRef } from './keys.ts';
 
 export interface JobData {
   source: string;
   version: string;
   rows: string[];
-  key: string | null;
+  /** The tenant's key reference when the job was enqueued: it only groups rows into jobs. The key
+   *  used is the one SQL names when the job is worked (regen.key_refs). */
+  key?: string | null;
   force?: boolean;
 }
 
@@ -49,30 +52,43 @@ export interface BatchResult {
 }
 
 export async function processBatch(jobs: BatchJob[], deps: BatchDeps): Promise<BatchResult> {
-  const prepared = await Promise.all(jobs.map(async (job) => ({
-    job,
-    inputs: await prepareInputs(deps.db, job.data.source, job.data.version, job.data.rows, { jobId: job.id, force: job.data.force }),
-  })));
+  const prepared = await Promise.all(jobs.map(async (job) => {
+    const inputs = await prepareInputs(deps.db, job.data.source, job.data.version, job.data.rows, { jobId: job.id, force: job.data.force });
+    // Each row's key reference as it is now, not as it was when the job was enqueued.
+    const keys = await keyRefs(deps.db, job.data.source, job.data.version, [...new Set(inputs.map((i) => i.rowId))]);
+    return { job, inputs, keys };
+  }));
 
-  // Jobs of the same version and API key share provider requests.
-  const groups = new Map<string, { version: string; key: string | null; units: Unit[] }>();
-  for (const { job, inputs } of prepared) {
-    const id = `${job.data.version}\u0000${job.data.key ?? ''}`;
-    const group = groups.get(id) ?? { version: job.data.version, key: job.data.key, units: [] };
-    group.units.push(...inputs.map((input) => ({ source: job.data.source, version: job.data.version, input })));
-    groups.set(id, group);
+  // Rows of the same version and API key share provider requests, whichever jobs they came in.
+  const groups = new Map<string, { version: string; key: KeyRef | undefined; units: Unit[] }>();
+  for (const { job, inputs, keys } of prepared) {
+    // A text shared by rows of this job comes once (input null for the others); after a key change
+    // those rows may use different keys, so each row carries the text into its own key's group.
+    const textOf = new Map(inputs.filter((i) => i.input !== null).map((i) => [i.textHash.toString('hex'), i.input]));
+    for (const shared of inputs) {
+      const input = shared.input === null ? { ...shared, input: textOf.get(shared.textHash.toString('hex')) ?? null } : shared;
+      const key = keys.get(input.rowId);
+      const id = `${job.data.version}\u0000${key?.ref ?? ''}`;
+      const group = groups.get(id) ?? { version: job.data.version, key, units: [] };
+      group.units.push({ source: job.data.source, version: job.data.version, input });
+      groups.set(id, group);
+    }
   }
 
   const result: BatchResult = { stored: 0, refused: 0, providerInputs: 0 };
   const errors: unknown[] = [];
   for (const group of groups.values()) {
-    if (group.units.length === 0) continue;
+    if (group.key?.problem) {
+      // SQL refuses this reference: its rows stay queued, and the error shows in rebuild_progress.
+      errors.push(new MissingKey(group.key.problem));
+      continue;
+    }
     const version = await deps.version(group.version);
     const texts = distinctTexts(group.units, version);
     const requests = pack([...texts.entries()].filter(([, t]) => t.outcome === undefined), version, deps);
     result.providerInputs += requests.reduce((n, r) => n + r.hashes.length, 0);
     const settled = await Promise.allSettled(requests.map(async (r) => {
-      const outcomes = await deps.provider(group.key).embed(r.request);
+      const outcomes = await deps.provider(group.key?.ref ?? null).embed(r.request);
       r.hashes.forEach((hash, i) => { texts.get(hash)!.outcome = outcomes[i]; });
     }));
     for (const s of settled) if (s.status === 'rejected') errors.push(s.reason);

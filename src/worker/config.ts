@@ -53,7 +53,7 @@ export const SETTINGS: Setting[] = [
   { env: 'REGEN_SUPERVISE_INTERVAL_SECONDS', key: 'superviseIntervalSeconds', kind: 'int', default: '15', min: 1, max: 3600, description: 'how often the queue looks for batches of crashed workers (heartbeat lost) and expired ones, to retry them' },
   { env: 'REGEN_PORT', key: 'port', kind: 'int', default: '9464', min: 0, max: 65535, description: 'port of /healthz, /readyz and /metrics (0: any free port)' },
   { env: 'REGEN_SHUTDOWN_TIMEOUT_MS', key: 'shutdownTimeoutMs', kind: 'int', default: '20000', min: 0, description: 'on SIGTERM, how long in-flight batches may finish before they are handed back to the queue' },
-  { env: 'REGEN_SECRETS_DIR', key: 'secretsDir', kind: 'string', description: 'folder of secret files (e.g. /run/secrets): a tenant key reference NAME is read from the env var NAME or the file NAME here' },
+  { env: 'REGEN_SECRETS_DIR', key: 'secretsDir', kind: 'string', description: 'folder of secret files (e.g. a mounted Kubernetes Secret): a tenant key reference REGEN_KEY_NAME is read from the env var of that name, else the file of that name here, re-read when it changes or after a 401' },
   { env: 'REGEN_LOG_LEVEL', key: 'logLevel', kind: 'string', default: 'info', description: 'trace, debug, info, warn, error' },
 ];
 

@@ -27,8 +27,16 @@ export class ProviderUnavailable extends Error {
   override name = 'ProviderUnavailable';
 }
 
+/** Where the API key comes from: asked before every request, and again after a 401 (a rotated secret). */
+export interface ApiKey {
+  /** The key to use now; throws when there is none. */
+  current(): string;
+  /** After the provider refused `used`: the key read afresh from its source, or undefined when it is the same. */
+  reread(used: string): string | undefined;
+}
+
 export interface ProviderOptions {
-  apiKey: string;
+  apiKey: string | ApiKey;
   baseURL: string | undefined;
   timeoutMs: number;
   maxAttempts: number;
@@ -49,13 +57,26 @@ export function backoffMs(attempt: number, baseMs = 500, capMs = 30_000): number
 }
 
 export class Provider {
-  private readonly client: OpenAI;
+  private client: OpenAI | undefined;
+  private clientKey: string | undefined;
+  private readonly key: ApiKey;
   private readonly options: ProviderOptions;
 
   constructor(options: ProviderOptions) {
     this.options = options;
-    // Retries are ours (paced, bisecting 400s), so the client makes exactly one attempt.
-    this.client = new OpenAI({ apiKey: options.apiKey, baseURL: options.baseURL, maxRetries: 0, timeout: options.timeoutMs });
+    const { apiKey } = options;
+    this.key = typeof apiKey === 'string' ? { current: () => apiKey, reread: () => undefined } : apiKey;
+  }
+
+  /** A client for the current key: a new one when the key changed (a rotated secret file). */
+  private clientNow(): { client: OpenAI; key: string } {
+    const key = this.key.current();
+    if (!this.client || key !== this.clientKey) {
+      // Retries are ours (paced, bisecting 400s), so the client makes exactly one attempt.
+      this.client = new OpenAI({ apiKey: key, baseURL: this.options.baseURL, maxRetries: 0, timeout: this.options.timeoutMs });
+      this.clientKey = key;
+    }
+    return { client: this.client, key };
   }
 
   /** One outcome per text, in order. Throws ProviderUnavailable when the provider cannot be used now. */
@@ -78,13 +99,16 @@ export class Provider {
   private async attempt(request: EmbedRequest): Promise<number[][]> {
     const { pacer, events, signal, maxAttempts } = this.options;
     const tokens = request.tokens.reduce((a, b) => a + b, 0);
+    let reread = false;
     for (let attempt = 0; ; attempt++) {
+      // Outside the try: a missing key is not a transient failure to retry here.
+      const { client, key } = this.clientNow();
       // The request's own time: from when the pacer lets it go, not from when it began to wait.
       let started = performance.now();
       try {
         const { data, response } = await pacer.run(tokens, () => {
           started = performance.now();
-          return this.client.embeddings.create({
+          return client.embeddings.create({
             model: request.model,
             input: request.texts,
             ...(request.sendDimensions ? { dimensions: request.dimensions } : {}),
@@ -102,6 +126,11 @@ export class Provider {
         events?.onRequest?.({ status: status ?? 'error', seconds: (performance.now() - started) / 1000, inputs: request.texts.length, tokens });
         if (signal?.aborted) throw err;
         if (status === 400) throw err;   // bisected by embed()
+        // A refused key may have been rotated since it was read: read it again once, and retry with a new one.
+        if (status === 401 && !reread) {
+          reread = true;
+          if (this.key.reread(key) !== undefined) continue;
+        }
         if (status === 401 || status === 403 || status === 404) {
           throw new ProviderUnavailable(`provider answered ${status}: ${(err as Error).message} (check the API key, base URL and model)`);
         }

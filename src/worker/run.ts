@@ -5,11 +5,11 @@ import { PgBoss } from 'pg-boss';
 import pino from 'pino';
 import { connect, requireSchema } from '../connect.ts';
 import { PgregenError } from '../errors.ts';
-import { compactGap, versionInfo, versionQueues, type VersionInfo } from '../store.ts';
+import { compactGap, recover, versionInfo, versionQueues, type VersionInfo } from '../store.ts';
 import { processBatch, type JobData } from './batch.ts';
 import type { WorkerConfig } from './config.ts';
 import { startHealthServer, type HealthServer } from './http.ts';
-import { resolveKey } from './keys.ts';
+import { KeySource } from './keys.ts';
 import { createMetrics } from './metrics.ts';
 import { Pacer } from './pacer.ts';
 import { Provider } from './provider.ts';
@@ -43,14 +43,15 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
   const metrics = createMetrics(pool);
   const abort = new AbortController();
 
-  // One pacer and client per API key: limits are per key.
+  // One pacer and client per API key reference: limits are per key. The key itself is read when a
+  // request is made (a rotated secret file is picked up without a restart).
   const providers = new Map<string, Provider>();
   const providerFor = (keyRef: string | null): Provider => {
     const id = keyRef ?? '';
     let provider = providers.get(id);
     if (!provider) {
       provider = new Provider({
-        apiKey: resolveKey(keyRef, config.openaiApiKey, config.secretsDir),
+        apiKey: new KeySource(keyRef, config.openaiApiKey, config.secretsDir),
         baseURL: config.openaiBaseUrl,
         timeoutMs: config.requestTimeoutMs,
         maxAttempts: config.maxAttempts,
@@ -120,8 +121,15 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
   };
   await subscribe();
 
+  // Vectors lost while no worker ran (a restore without them, a truncate) come back by themselves.
+  const recoverLost = () => recover(pool).then((rows) => {
+    for (const row of rows) log.info(row, row.source ? 'lost vectors enqueued again' : 'store reconciled');
+  }).catch((err: Error) => log.warn({ err: err.message }, 'recovery check failed'));
+  await recoverLost();
+
   const housekeeping = setInterval(() => {
     compactGap(pool).catch((err: Error) => log.warn({ err: err.message }, 'gap compaction failed'));
+    void recoverLost();
     if (config.versions.length === 0) subscribe().catch((err: Error) => log.warn({ err: err.message }, 'looking for new versions failed'));
   }, 10_000);
   housekeeping.unref();
