@@ -2,6 +2,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Registry } from 'prom-client';
+import { PgregenError } from '../errors.ts';
 
 export interface HealthServer {
   port: number;
@@ -25,7 +26,13 @@ export async function startHealthServer(port: number, registry: Registry, ready:
       res.writeHead(500, { 'content-type': 'application/json' }).end(JSON.stringify({ error: (err as Error).message }));
     }
   });
-  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(port, resolve));
+  await new Promise<void>((resolve, reject) => server.once('error', reject).listen(port, resolve)).catch((err: NodeJS.ErrnoException) => {
+    throw err.code === 'EADDRINUSE'
+      ? new PgregenError(`cannot serve /healthz, /readyz and /metrics: port ${port} (REGEN_PORT) is already in use`,
+        'stop the process that holds it (another worker?), or set REGEN_PORT to a free port (0 picks one)')
+      : new PgregenError(`cannot serve /healthz, /readyz and /metrics on port ${port} (REGEN_PORT): ${err.message}`,
+        'set REGEN_PORT to a port this process may listen on (0 picks a free one)');
+  });
   return {
     port: (server.address() as AddressInfo).port,
     close: () => new Promise<void>((resolve) => { server.closeAllConnections(); server.close(() => resolve()); }),

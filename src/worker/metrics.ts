@@ -9,6 +9,13 @@ export type Metrics = ReturnType<typeof createMetrics>;
 export function createMetrics(db: Db) {
   const registry = new Registry();
   collectDefaultMetrics({ register: registry, prefix: 'pgregen_worker_' });
+  // Prometheus' conventions keep _total for counters; prom-client's defaults add three gauges named
+  // so (nodejs_active_handles_total and the like), sums of the gauges of the same name without the
+  // suffix, which are served by type: the sums go.
+  for (const metric of registry.getMetricsAsArray()) {
+    const { name, type } = metric as unknown as { name: string; type: string };
+    if (type === 'gauge' && name.endsWith('_total')) registry.removeSingleMetric(name);
+  }
   const vectors = new Counter({ name: 'pgregen_vectors_embedded_total', help: 'Vectors stored after a provider call', labelNames: ['version'], registers: [registry] });
   const requests = new Counter({ name: 'pgregen_provider_requests_total', help: 'Provider requests by HTTP status', labelNames: ['status'], registers: [registry] });
   const tokens = new Counter({ name: 'pgregen_provider_tokens_total', help: 'Tokens sent to the provider (counted before sending)', registers: [registry] });

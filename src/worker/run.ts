@@ -42,6 +42,24 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
   pool.on('error', (err) => log.warn({ err: err.message }, 'idle database connection failed'));
   const metrics = createMetrics(pool);
   const abort = new AbortController();
+  let stopping = false;
+
+  // The health port first: a worker that cannot be probed must not take work (a taken port exits at once).
+  let health: HealthServer;
+  try {
+    health = await startHealthServer(config.port, metrics.registry, async () => {
+      if (stopping) return false;
+      try {
+        await pool.query('select 1');
+        return true;
+      } catch {
+        return false;
+      }
+    });
+  } catch (err) {
+    await pool.end();
+    throw err;
+  }
 
   // One pacer and client per API key reference: limits are per key. The key itself is read when a
   // request is made (a rotated secret file is picked up without a restart).
@@ -85,9 +103,13 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
     superviseIntervalSeconds: config.superviseIntervalSeconds, monitorIntervalSeconds: config.superviseIntervalSeconds,
     application_name: 'pgregen worker (pg-boss)' });
   boss.on('error', (err: Error) => log.error({ err: err.message }, 'queue error'));
-  await boss.start();
-
-  let stopping = false;
+  try {
+    await boss.start();
+  } catch (err) {
+    await health.close();
+    await pool.end();
+    throw err;
+  }
   const handle = async (wanted: Array<{ id: string; data: JobData }>) => {
     const started = performance.now();
     try {
@@ -134,15 +156,6 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
   }, 10_000);
   housekeeping.unref();
 
-  const health: HealthServer = await startHealthServer(config.port, metrics.registry, async () => {
-    if (stopping) return false;
-    try {
-      await pool.query('select 1');
-      return true;
-    } catch {
-      return false;
-    }
-  });
   log.info({ port: health.port, queues: [...serving], concurrency: config.concurrency, rpm: config.requestsPerMinute, tpm: config.tokensPerMinute,
     versions: config.versions.length ? config.versions : 'all' }, 'worker started');
 
