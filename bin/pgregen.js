@@ -1,9 +1,18 @@
 #!/usr/bin/env node
-// Entry point of the `pgregen` command. Node >= 22.18 runs the TypeScript sources directly.
+// Entry point of the `pgregen` command: checks the Node.js version, then runs the compiled command
+// line in dist/ (built by `npm run build`; `npm ci`, `npm pack` and the tests build it too).
+// Plain JavaScript that any Node.js parses, so that an old one gets this message and not a stack trace.
+import { existsSync } from 'node:fs';
+
+const MINIMUM = [22, 12];
 const [major, minor] = process.versions.node.split('.').map(Number);
-if (major < 22 || (major === 22 && minor < 18)) {
-  console.error(`pgregen: Node.js ${process.versions.node} is too old: pgregen needs Node.js 22.18 or newer (24 recommended)`);
-  console.error('  hint: run it through ./run or npm run, which use the Node.js 24 installed with the dependencies');
+if (major < MINIMUM[0] || (major === MINIMUM[0] && minor < MINIMUM[1])) {
+  console.error(`pgregen: Node.js ${process.versions.node} is too old: pgregen needs Node.js ${MINIMUM.join('.')} or newer`);
+  process.exit(1);
+}
+const compiled = new URL('../dist/cli/main.js', import.meta.url);
+if (!existsSync(compiled)) {
+  console.error('pgregen: the compiled command line (dist/) is missing: in a checkout of pgregen, run npm run build');
   process.exit(1);
 }
 // A reader that stops early (pgregen --help | head) closes the pipe: stop writing and exit quietly,
@@ -14,5 +23,5 @@ for (const stream of [process.stdout, process.stderr]) {
     throw err;
   });
 }
-const { main } = await import('../src/cli/main.ts');
+const { main } = await import(compiled.href);
 process.exitCode = await main(process.argv);

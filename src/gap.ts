@@ -42,3 +42,10 @@ export async function requireSource(db: Db, name: string): Promise<void> {
     rows.length === 0 ? 'no source is registered yet: register one with pgregen source register (regen.register_source())'
       : `registered sources: ${rows.map((r) => r.name).join(', ')} (pgregen source list)`, 'RG010');
 }
+
+/** Coverage of a version over some sources (the least covered one), or null when none of them uses it. */
+export async function versionCoverage(db: Db, version: string, sources: string[]): Promise<number | null> {
+  const { rows } = await db.query<{ coverage: string | null }>(
+    'select min(coverage) as coverage from regen.embedding_gap where version = $1 and source = any($2::text[])', [version, sources]);
+  return rows[0]?.coverage == null ? null : Number(rows[0].coverage);
+}

@@ -53,10 +53,16 @@ async function withClient<T>(options: InstallOptions, fn: (client: pg.Client) =>
   }
 }
 
-/** Schema of the pgvector extension, installing it when missing and allowed. */
+/** An identifier as SQL spells it: quoted only when it must be. */
+function ident(name: string): string {
+  return /^[a-z_][a-z0-9_]*$/.test(name) ? name : pg.escapeIdentifier(name);
+}
+
+/** Schema of the pgvector extension (its name, unquoted), installing it when missing and allowed. */
 async function ensureVector(client: pg.Client): Promise<string> {
   const found = await client.query<{ schema: string; version: string }>(
-    `select extnamespace::regnamespace::text as schema, extversion as version from pg_extension where extname = 'vector'`);
+    `select n.nspname as schema, e.extversion as version from pg_extension e join pg_namespace n on n.oid = e.extnamespace
+      where e.extname = 'vector'`);
   if (found.rows[0]) {
     const [major = 0, minor = 0] = found.rows[0].version.split('.').map(Number);
     if (major === 0 && minor < 8) {
@@ -73,10 +79,58 @@ async function ensureVector(client: pg.Client): Promise<string> {
   try {
     await client.query('create extension if not exists vector');
   } catch (err) {
-    throw new PgregenError(`cannot create extension vector: ${(err as Error).message}`,
-      'ask a superuser to run: create extension vector;');
+    // pgvector is not a trusted extension: on managed PostgreSQL only the administrator creates it.
+    const { database, role } = (await client.query<{ database: string; role: string }>(
+      'select current_database() as database, current_user as role')).rows[0]!;
+    throw new PgregenError(
+      `extension vector is not created in database ${ident(database)}, and role ${ident(role)} cannot create it: ${(err as Error).message}`,
+      `a superuser (on managed PostgreSQL: the administrator role) must run once, connected to database ${ident(database)}: ` +
+      'create extension vector; (or, to keep extensions in a schema of their own: create schema extensions; ' +
+      `grant usage on schema extensions to ${ident(role)} with grant option; create extension vector schema extensions;), ` +
+      'then run pgregen install again', 'RG070');
   }
   return ensureVector(client);
+}
+
+/**
+ * What the installing role needs and only an administrator can give, checked before anything is
+ * changed: use of pgvector's schema, and CREATE on the database for what does not exist yet (the
+ * first migration creates schema regen; pg-boss its schema). An upgrade needs neither: only the
+ * ownership of schema regen. A superuser passes every check.
+ */
+async function checkPrivileges(client: pg.Client, vectorSchema: string): Promise<void> {
+  const { rows: [p] } = await client.query<{
+    role: string; database: string; vector_usage: boolean; create_db: boolean;
+    regen_owner: string | null; regen_ours: boolean | null; pgboss_missing: boolean;
+  }>(`select current_user as role, current_database() as database,
+             has_schema_privilege($1::text, 'USAGE') as vector_usage,
+             has_database_privilege(current_database(), 'CREATE') as create_db,
+             (select n.nspowner::regrole::text from pg_namespace n where n.nspname = 'regen') as regen_owner,
+             (select pg_has_role(n.nspowner, 'USAGE') from pg_namespace n where n.nspname = 'regen') as regen_ours,
+             to_regnamespace('pgboss') is null as pgboss_missing`,
+  [vectorSchema]);
+  const role = ident(p!.role);
+  if (p!.regen_owner !== null && !p!.regen_ours) {
+    throw new PgregenError(`schema regen belongs to role ${p!.regen_owner}, not to ${role}`,
+      `run pgregen install as ${p!.regen_owner}, the role that installed it (or as a member of it)`, 'RG070');
+  }
+  const missing: string[] = [];
+  const statements: string[] = [];
+  if (!p!.vector_usage) {
+    missing.push(`USAGE on schema ${ident(vectorSchema)}, where pgvector is installed`);
+    statements.push(`grant usage on schema ${ident(vectorSchema)} to ${role} with grant option;`);
+  }
+  const fresh = !(await appliedNames(client)).includes('tables');
+  const toCreate = [...(fresh ? ['regen'] : []), ...(p!.pgboss_missing ? ['pgboss'] : [])];
+  if (toCreate.length > 0 && !p!.create_db) {
+    missing.push(`CREATE on database ${ident(p!.database)} (for schema ${toCreate.join(' and ')})`);
+    statements.push(`grant create on database ${ident(p!.database)} to ${role};`);
+  }
+  if (missing.length > 0) {
+    throw new PgregenError(`role ${role} cannot install pgregen into database ${ident(p!.database)}: it lacks ${missing.join('; ')}`,
+      `a superuser (on managed PostgreSQL: the administrator role) must run once, connected to database ${ident(p!.database)}: ` +
+      `${statements.join(' ')} then run pgregen install again`, 'RG070');
+  }
 }
 
 async function checkUnchanged(client: pg.Client, dir: string): Promise<void> {
@@ -107,10 +161,17 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
     const previousPath = (await client.query<{ search_path: string }>('show search_path')).rows[0]!.search_path;
     try {
       const vectorSchema = await ensureVector(client);
+      await checkPrivileges(client, vectorSchema);
       await checkUnchanged(client, dir);
+      // pgvector's library, loaded in this session: a function's SET clause may name an extension's
+      // parameter (hnsw.ef_search) only once the extension has defined it, unless run by a superuser.
+      await client.query(`select ${pg.escapeIdentifier(vectorSchema)}.vector_dims('[1]'::${pg.escapeIdentifier(vectorSchema)}.vector)`);
       const before = await appliedNames(client);
       await installQueue(client, log);   // first: regen's SQL functions refer to pg-boss's tables
-      await client.query('create schema if not exists regen');
+      // CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists.
+      if ((await client.query(`select to_regnamespace('regen') is null as missing`)).rows[0].missing) {
+        await client.query('create schema regen');
+      }
       await client.query(`create table if not exists regen.migrations (
         id integer primary key,
         name varchar(100) unique not null,
@@ -125,6 +186,9 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
         // admin roles get what the new files added.
         await client.query('revoke execute on all functions in schema regen from public');
         await client.query(`select regen._refresh_grants() where to_regprocedure('regen._refresh_grants()') is not null`);
+        // Functions that name pgvector's types and functions find them in pgvector's schema, wherever
+        // it is now (after alter extension vector set schema, too) and whatever the caller's search_path.
+        await client.query(`select regen._pin_search_paths() where to_regprocedure('regen._pin_search_paths()') is not null`);
       } catch (err) {
         throw new PgregenError(`installing the schema failed: ${(err as Error).message}`,
           'nothing of the failed migration was kept; fix the cause and run pgregen install again');
@@ -147,11 +211,15 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
  * created by regen.create_version().
  */
 async function installQueue(client: pg.Client, log: (line: string) => void): Promise<void> {
+  // pg-boss's CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists
+  // (made beforehand by an administrator, for a role that owns only its schemas).
+  const exists = (await client.query(`select to_regnamespace('pgboss') is not null as present`)).rows[0].present as boolean;
   const boss = new PgBoss({
     db: { executeSql: (text: string, values?: unknown[]) => client.query(text, values) },
     supervise: false,
     schedule: false,
     migrate: true,
+    createSchema: !exists,
   });
   boss.on('error', (err: Error) => log(`pg-boss: ${err.message}`));
   await boss.start();
@@ -181,6 +249,10 @@ export async function uninstall(options: InstallOptions = {}): Promise<Uninstall
         await client.query(`select regen.revoke_admin(r.oid::regrole)
                               from pg_policy p, unnest(p.polroles) as r(oid)
                              where p.polrelid = 'regen._embeddings'::regclass and p.polname like 'admin\_%'`);
+      }
+      // USAGE on pgvector's schema that regen.grant_app() gave application roles (not in schema regen)
+      if ((await client.query(`select to_regprocedure('regen._revoke_vector_usage(regrole)') is not null as present`)).rows[0].present) {
+        await client.query(`select regen._revoke_vector_usage(a.role_oid::regrole) from regen._app_roles() a`);
       }
       await client.query('drop schema regen cascade');
       // pg-boss's schema may serve other queues of the application: only pgregen's queues go.

@@ -141,9 +141,10 @@ async function searchChecked(context: SearchContext, text: string, options: Sear
     await client.query('begin');
     await client.query('select regen.set_tenant($1)', [options.tenant]);
     // The version is named, so a cutover between the two statements cannot pair the query with
-    // vectors of another model.
+    // vectors of another model. The query is not cast by name (`::vector` would need pgvector's
+    // schema on the role's search_path): the parameter takes search_scoped's argument type.
     const { rows } = await client.query<{ source: string; row_id: string; chunk_no: number; distance: number }>(
-      'select * from regen.search_scoped($1::vector, $2::integer, $3::text[], $4::text, $5::float8)',
+      'select * from regen.search_scoped($1, $2::integer, $3::text[], $4::text, $5::float8)',
       [pgvector.toSql(embedding), options.k ?? 10, sources, target.version, options.maxDistance ?? null]);
     await client.query('commit');
     return rows.map((r) => ({ source: r.source, rowId: r.row_id, chunkNo: r.chunk_no, distance: r.distance, version: target.version }));

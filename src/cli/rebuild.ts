@@ -8,102 +8,16 @@ import type { Db } from '../db.ts';
 import { PgregenError } from '../errors.ts';
 import { withInstalled } from '../connect.ts';
 import { toJson } from '../json.ts';
-import { pause, untilInterrupted } from './gap.ts';
+import { rebuild, trackProgress, type Progress, type RebuildOptions, type RebuildRow, type Scope } from '../rebuild.ts';
+import { count, duration, progressLine } from '../format/progress.ts';
+import { untilInterrupted } from './gap.ts';
 import { databaseUrl } from './options.ts';
 
 /** USD per million tokens of text-embedding-3-small: the default of --price-per-mtok. */
 export const DEFAULT_PRICE_PER_MTOK = 0.02;
 
-export interface RebuildRow { source: string; version: string; items: number; estimated_tokens: number | null; jobs: number }
-
-export interface RebuildOptions { source?: string; version?: string; force?: boolean; dryRun?: boolean; tenant?: string }
-
-export async function rebuild(db: Db, options: RebuildOptions): Promise<RebuildRow[]> {
-  const { rows } = await db.query<Record<string, string | null>>(
-    'select * from regen.rebuild($1::text, $2::text, force => $3::boolean, dry_run => $4::boolean, tenant => $5::text)',
-    [options.source ?? null, options.version ?? null, options.force ?? false, options.dryRun ?? false, options.tenant ?? null]);
-  return rows.map((r) => ({
-    source: r.source!, version: r.version!, items: Number(r.items), jobs: Number(r.jobs),
-    estimated_tokens: r.estimated_tokens === null ? null : Number(r.estimated_tokens),
-  }));
-}
-
-/** What a rebuild covers: the (source, version) pairs regen.rebuild() answered for, and its tenant. */
-export interface Scope { targets: Array<{ source: string; version: string }>; tenant?: string; force: boolean }
-
-export interface Progress {
-  done: number; total: number; remaining: number; failed: number;
-  /** items per second over the last 10 s */
-  rate: number;
-  etaSeconds: number | null;
-  note: string;
-}
-
-interface Reading { open: number; failed: number; queuedItems: number; queuedJobs: number; activeJobs: number }
-
-/** Open and failed items of the scope (from the gap views) and the jobs of its versions' queues. */
-async function readScope(db: Db, scope: Scope): Promise<Reading> {
-  const sources = scope.targets.map((t) => t.source);
-  const versions = scope.targets.map((t) => t.version);
-  const { rows: [gap] } = await db.query<{ open: string; failed: string }>(
-    `select coalesce(sum(g.missing + g.stale + g.outdated), 0) as open, coalesce(sum(g.failed), 0) as failed
-       from ${scope.tenant === undefined ? 'regen.embedding_gap' : 'regen.embedding_gap_by_tenant'} g
-      where (g.source, g.version) in (select * from unnest($1::text[], $2::text[]))
-        ${scope.tenant === undefined ? 'and $3::text is null' : 'and g.tenant = $3::text'}`,
-    [sources, versions, scope.tenant ?? null]);
-  const { rows: [queue] } = await db.query<{ items: string; jobs: string; active: string }>(
-    `select coalesce(sum(q.items), 0) as items, coalesce(sum(q.jobs), 0) as jobs,
-            coalesce(sum(q.jobs) filter (where q.state = 'active'), 0) as active
-       from regen.queue_depth() q where q.version = any($1::text[])`, [versions]);
-  return { open: Number(gap?.open ?? 0), failed: Number(gap?.failed ?? 0), queuedItems: Number(queue?.items ?? 0),
-    queuedJobs: Number(queue?.jobs ?? 0), activeJobs: Number(queue?.active ?? 0) };
-}
-
-export type Outcome = { kind: 'closed' | 'stuck' | 'interrupted'; last: Progress };
-
-const IDLE_NOTE_AFTER_MS = 15_000;
-const STUCK_AFTER_POLLS = 5;
-
-/**
- * Polls the scope every second until its gap is closed (every item current or failed; with force,
- * until the versions' queues are empty as well), until open items are left with no job queued for
- * five polls in a row (stuck), or until `stop` fires (interrupted).
- */
-export async function trackProgress(db: Db, scope: Scope, enqueued: number, stop: AbortSignal,
-  report: (p: Progress) => void, everyMs = 1000): Promise<Outcome> {
-  let total = 0;
-  let emptyPolls = 0;
-  let lastMoveAt = Date.now();
-  const samples: Array<{ at: number; done: number }> = [];
-  for (;;) {
-    const r = await readScope(db, scope);
-    // forced items are current already: only the queue shows what is left of them
-    const remaining = scope.force ? Math.max(r.open, r.queuedItems) : r.open;
-    total = Math.max(total || Math.max(enqueued, remaining), remaining);
-    const done = total - remaining;
-    const now = Date.now();
-    if (samples.length === 0 || done !== samples[samples.length - 1]!.done) lastMoveAt = now;
-    samples.push({ at: now, done });
-    while (samples.length > 2 && now - samples[0]!.at > 10_000) samples.shift();
-    const first = samples[0]!;
-    const rate = now > first.at ? Math.max(0, (done - first.done) / ((now - first.at) / 1000)) : 0;
-    const idle = remaining > 0 && r.activeJobs === 0 && now - lastMoveAt >= IDLE_NOTE_AFTER_MS;
-    const progress: Progress = {
-      done, total, remaining, failed: r.failed, rate, etaSeconds: remaining === 0 ? 0 : rate > 0 ? remaining / rate : null,
-      note: idle ? 'nothing in flight: is a pgregen worker running?' : '',
-    };
-    report(progress);
-    if (remaining === 0) return { kind: 'closed', last: progress };
-    emptyPolls = r.queuedJobs === 0 ? emptyPolls + 1 : 0;
-    if (emptyPolls >= STUCK_AFTER_POLLS) return { kind: 'stuck', last: progress };
-    await pause(everyMs, stop);
-    if (stop.aborted) return { kind: 'interrupted', last: progress };
-  }
-}
-
 /** Dollars with two significant digits below a cent: $0.000012, $0.0080, $0.50, $12.30. */
 const usd = (n: number) => `$${n.toFixed(n > 0 && n < 1 ? Math.min(10, Math.max(2, 1 - Math.floor(Math.log10(n)))) : 2)}`;
-const count = (n: number) => n.toLocaleString('en-US');
 
 export function formatDryRun(rows: RebuildRow[], pricePerMTok: number): string {
   if (rows.length === 0) return 'no sources registered: nothing to rebuild';
@@ -126,20 +40,6 @@ function priceArg(value: string): number {
   return n;
 }
 
-/** 42s, 3m07s, 2h05m; '-' when unknown. */
-function seconds(s: number | null): string {
-  if (s === null) return '-';
-  const t = Math.ceil(s);
-  const pad = (n: number) => String(n).padStart(2, '0');
-  return t < 60 ? `${t}s` : t < 3600 ? `${Math.floor(t / 60)}m${pad(t % 60)}s` : `${Math.floor(t / 3600)}h${pad(Math.floor(t % 3600 / 60))}m`;
-}
-
-export function progressLine(p: Progress): string {
-  const percent = p.total === 0 ? 100 : 100 * p.done / p.total;
-  return `rebuild: ${count(p.done)}/${count(p.total)} items (${percent.toFixed(1)}%), ${p.rate.toFixed(1)} items/s, ` +
-    `eta ${seconds(p.etaSeconds)}, failed ${count(p.failed)}${p.note ? `: ${p.note}` : ''}`;
-}
-
 /** Shows progress on the terminal: a bar on a TTY, a plain line per change (or every 10 s) elsewhere. */
 function progressView(json: boolean) {
   if (json) return { show: (_p: Progress) => {}, end: () => {} };
@@ -151,7 +51,7 @@ function progressView(json: boolean) {
     let started = false;
     return {
       show(p: Progress) {
-        const payload = { rate: p.rate.toFixed(1), etaText: seconds(p.etaSeconds), failed: p.failed, note: p.note ? ` | ${p.note}` : '' };
+        const payload = { rate: p.rate.toFixed(1), etaText: duration(p.etaSeconds), failed: p.failed, note: p.note ? ` | ${p.note}` : '' };
         if (!started) bar.start(p.total, p.done, payload);
         started = true;
         bar.setTotal(p.total);
@@ -202,7 +102,7 @@ async function enqueueAndFollow(db: Db, opts: CliOptions): Promise<void> {
     console.log(`stopped watching: ${count(final.remaining)} item(s) stay queued and the workers go on with them (follow with pgregen gap --watch)`);
   } else if (outcome.kind === 'closed') {
     console.log(final.total === 0 ? 'nothing to rebuild: the gap is closed'
-      : `gap closed: ${count(final.done)} item(s) settled in ${seconds(took)}`);
+      : `gap closed: ${count(final.done)} item(s) settled in ${duration(took)}`);
   }
   if (outcome.kind === 'stuck') {
     throw new PgregenError(`${count(final.remaining)} item(s) of the rebuild are still open, but no job is queued for them any more`,

@@ -1,63 +1,10 @@
 // `pgregen source register|list|unregister`: the content types that carry embeddings.
 import { Command, InvalidArgumentError } from 'commander';
 import Table from 'cli-table3';
-import type { Db } from '../db.ts';
 import { withInstalled } from '../connect.ts';
-import { jsonRows, toJson } from '../json.ts';
+import { toJson } from '../json.ts';
+import { listSources, registerSource, unregisterSource, type SourceRow } from '../sources.ts';
 import { databaseUrl } from './options.ts';
-
-export interface SourceRow {
-  name: string;
-  relation: string;
-  id_column: string;
-  content_expression: string;
-  tenant_column: string | null;
-  priority_expression: string | null;
-  weight: number;
-  filter_expression: string | null;
-  active_version: string;
-  /** ISO 8601. */
-  created_at: string;
-}
-
-export interface SourceDefinition {
-  table: string;
-  idColumn: string;
-  content: string;
-  tenantColumn?: string;
-  priority?: string;
-  weight: number;
-  filter?: string;
-  version: string;
-}
-
-export interface RegisteredSource { name: string; table: string; version: string; rows: number }
-
-export async function registerSource(db: Db, name: string, def: SourceDefinition): Promise<RegisteredSource> {
-  await db.query(
-    `select regen.register_source(name => $1::text, relation => $2::text::regclass, id_column => $3::name,
-                                  content_expression => $4::text, tenant_column => $5::name, priority_expression => $6::text,
-                                  weight => $7::float8, filter_expression => $8::text, version => $9::text)`,
-    [name, def.table, def.idColumn, def.content, def.tenantColumn ?? null, def.priority ?? null, def.weight, def.filter ?? null, def.version]);
-  const { rows: [gap] } = await db.query<{ relation: string; expected: string }>(
-    `select s.relation::text as relation, g.expected from regen.sources s
-       join regen.embedding_gap g on g.source = s.name and g.role = 'active' where s.name = $1`, [name]);
-  return { name, table: gap?.relation ?? def.table, version: def.version, rows: Number(gap?.expected ?? 0) };
-}
-
-export async function listSources(db: Db): Promise<SourceRow[]> {
-  const result = await db.query(
-    `select name, relation::text as relation, id_column::text as id_column, content_expression, tenant_column::text as tenant_column,
-            priority_expression, weight, filter_expression, active_version, created_at
-       from regen.sources order by name`);
-  return jsonRows<SourceRow>(result);
-}
-
-export async function unregisterSource(db: Db, name: string): Promise<{ name: string; table: string }> {
-  const { rows: [row] } = await db.query<{ relation: string }>('select relation::text as relation from regen.sources where name = $1', [name]);
-  await db.query('select regen.unregister_source($1::text)', [name]);   // RG010 for an unknown name, with its hint
-  return { name, table: row?.relation ?? '' };
-}
 
 export function formatSources(rows: SourceRow[]): string {
   if (rows.length === 0) return 'no sources registered: see pgregen source register --help';

@@ -1,42 +1,10 @@
 // `pgregen version create|list`: the vector spaces (regen.create_version, regen.versions).
 import { Command, InvalidArgumentError } from 'commander';
 import Table from 'cli-table3';
-import type { Db } from '../db.ts';
 import { withInstalled } from '../connect.ts';
-import { jsonRows, toJson } from '../json.ts';
+import { toJson } from '../json.ts';
+import { SUPPORTED_PROVIDERS, createVersion, listVersions, type VersionRow } from '../versions.ts';
 import { databaseUrl } from './options.ts';
-
-export interface VersionRow {
-  tag: string;
-  provider: string;
-  model: string;
-  dimensions: number;
-  settings: Record<string, unknown>;
-  index_type: string;
-  /** ISO 8601. */
-  created_at: string;
-  /** Sources using it, as "name (role)". */
-  sources: string[];
-}
-
-export interface CreatedVersion { tag: string; created: boolean }
-
-export async function createVersion(db: Db, tag: string, model: string, dimensions: number,
-  provider: string, settings: Record<string, unknown>): Promise<CreatedVersion> {
-  const before = await db.query('select 1 from regen.versions where tag = $1', [tag]);
-  await db.query('select regen.create_version($1::text, $2::text, $3::integer, provider => $4::text, settings => $5::jsonb)',
-    [tag, model, dimensions, provider, JSON.stringify(settings)]);
-  return { tag, created: before.rows.length === 0 };
-}
-
-export async function listVersions(db: Db): Promise<VersionRow[]> {
-  const result = await db.query(
-    `select v.tag, v.provider, v.model, v.dimensions, v.settings, v.index_type, v.created_at,
-            coalesce((select array_agg(g.source || ' (' || g.role || ')' order by g.source)
-                        from regen.embedding_gap g where g.version = v.tag), '{}') as sources
-       from regen.versions v order by v.created_at, v.tag`);
-  return jsonRows<VersionRow>(result);
-}
 
 export function formatVersions(rows: VersionRow[]): string {
   if (rows.length === 0) return 'no versions: create one with pgregen version create <tag> --model M --dimensions N';
@@ -52,13 +20,6 @@ function dimensionsArg(value: string): number {
   if (!/^\d+$/.test(value.trim()) || n < 1) throw new InvalidArgumentError('expected a positive integer');
   return n;
 }
-
-/**
- * Providers the worker can embed with: 'openai' is the official OpenAI client, which speaks to
- * OpenAI and to any OpenAI-compatible endpoint (Azure, Ollama, vLLM, TEI) through OPENAI_BASE_URL.
- * regen.create_version refuses any other provider too (RG003).
- */
-export const SUPPORTED_PROVIDERS = ['openai'] as const;
 
 function providerArg(value: string): string {
   if (!(SUPPORTED_PROVIDERS as readonly string[]).includes(value)) {

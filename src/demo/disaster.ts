@@ -4,8 +4,8 @@
 // step 3 gets its answer again (hot first, so early) and the time until the gap is closed.
 import type pg from 'pg';
 import { readGap } from '../gap.ts';
-import { formatGap } from '../cli/gap.ts';
-import { pause } from '../cli/gap.ts';
+import { formatGap } from '../format/gap.ts';
+import { pause } from '../pause.ts';
 import { QUESTION, heading, type DemoContext } from './context.ts';
 import { SOURCES, V1, V2 } from './setup.ts';
 import { ask, ms, rebuildAll } from './show.ts';

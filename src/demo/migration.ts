@@ -3,7 +3,7 @@
 // and the rollback flips back without a single provider call.
 import pg from 'pg';
 import { readGap } from '../gap.ts';
-import { formatGap } from '../cli/gap.ts';
+import { formatGap } from '../format/gap.ts';
 import { cutover, rollback, startMigration } from '../migrate.ts';
 import { QUESTION, heading, type DemoContext } from './context.ts';
 import { V1, V2 } from './setup.ts';

