@@ -19,10 +19,16 @@ export interface VectorItem {
   embedding: ArrayLike<number>;
 }
 
+/** Why regen.write_embeddings refused a vector: branch on this, the reason is for people. */
+export type RefusalKind = 'malformed' | 'unknown_source' | 'unknown_version' | 'duplicate' | 'nan' | 'dimensions'
+  | 'untracked' | 'stale' | 'unplanned';
+
 export interface WriteResult {
   rowId: string;
   chunkNo: number;
   stored: boolean;
+  /** null when stored */
+  kind: RefusalKind | null;
   reason: string | null;
 }
 
@@ -58,11 +64,11 @@ async function vectorOid(db: Db): Promise<number> {
  */
 export async function writeEmbeddings(db: Db, source: string, version: string, items: VectorItem[]): Promise<WriteResult[]> {
   const vectors = items.map((item) => (Array.prototype.every.call(item.embedding, Number.isFinite) ? item.embedding : null));
-  const { rows } = await db.query<{ row_id: string; chunk_no: number; stored: boolean; reason: string | null }>(
+  const { rows } = await db.query<{ row_id: string; chunk_no: number; stored: boolean; kind: RefusalKind | null; reason: string | null }>(
     'select * from regen.write_embeddings($1::text, $2::text, $3::text[], $4::integer[], $5::bytea[], $6)',
     [source, version, items.map((i) => i.rowId), items.map((i) => i.chunkNo), items.map((i) => i.contentHash),
      vectorArrayParam(await vectorOid(db), vectors)]);
-  return rows.map((r) => ({ rowId: r.row_id, chunkNo: r.chunk_no, stored: r.stored, reason: r.reason }));
+  return rows.map((r) => ({ rowId: r.row_id, chunkNo: r.chunk_no, stored: r.stored, kind: r.kind, reason: r.reason }));
 }
 
 export interface VersionInfo {

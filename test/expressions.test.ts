@@ -172,7 +172,7 @@ describe('a text that changes with no edit', () => {
     }
     expect(await prepareInputs(db, 'docs', 'test@1', ['4'])).toEqual([]);   // re-hashed, back in the queue
     const { results } = await embedRows(db, ['4'], 'docs', 'test@1');
-    expect(results).toEqual([{ rowId: '4', chunkNo: 1, stored: true, reason: null }]);
+    expect(results).toEqual([{ rowId: '4', chunkNo: 1, stored: true, kind: null, reason: null }]);
     expect(await gap(db, 'docs')).toMatchObject({ current: 1, failed: 0 });
   });
 });

@@ -75,6 +75,31 @@ describe('change capture', () => {
     expect((await item('3')).content_hash).toEqual(sha256('Title 3\n\nedited'));
   });
 
+  it('a change of priority or tenant alone enqueues nothing and leaves waiting work in its job; inserts and text edits go ahead as fresh', async () => {
+    const jobs = async () => (await db.query(`select data->>'fresh' as fresh, count(*)::int as n from pgboss.job
+                                               where name like 'regen\\_embed\\_v%' group by 1 order by 1`)).rows;
+    const queueJob = async (id: string) => (await db.query(`select queue_job from regen._items where row_id = $1`, [id])).rows[0].queue_job;
+    await db.query(`delete from pgboss.job where name like 'regen\\_embed\\_v%'`);
+    await db.query(`update articles set body = 'edited' where id in (1, 2)`);   // stale now
+    await db.query(`update regen._items set queue_job = null`);                // and out of the queue
+    await db.query(`delete from pgboss.job where name like 'regen\\_embed\\_v%'`);
+    await db.query(`select * from regen.rebuild()`);                            // backfill: rows 1 and 2
+    expect(await jobs()).toEqual([{ fresh: 'false', n: 1 }]);
+    const waiting = await queueJob('1');
+    // a view count refresh and a tenant move of waiting and of current rows: no new job, same job
+    await db.query(`update articles set views = views + 5000 where id in (1, 7)`);
+    await db.query(`update articles set tenant = 'tenant_x' where id in (2, 8)`);
+    expect(await jobs()).toEqual([{ fresh: 'false', n: 1 }]);
+    expect(await queueJob('1')).toBe(waiting);
+    expect(await queueJob('7')).toBeNull();
+    expect((await item('1')).priority).toBe(5001);
+    expect((await item('2')).tenant).toBe('tenant_x');
+    // a text edit and an insert are fresh edits
+    await db.query(`update articles set body = 'edited again' where id = 7`);
+    await db.query(`insert into articles (id, tenant, title, body) values (500, 'tenant_0', 'New', 'x')`);
+    expect(await jobs()).toEqual([{ fresh: 'false', n: 1 }, { fresh: 'true', n: 2 }]);
+  });
+
   it('UPDATE of the id moves the item, and its old vectors go', async () => {
     await db.query(`update articles set id = 1000 where id = 5`);
     expect(await item('5')).toBeUndefined();

@@ -46,7 +46,7 @@ describe('invariant 2: a vector is current only while its hash equals what the v
     const results = await writeEmbeddings(db, 'articles', 'test@1', [
       { rowId: '1', chunkNo: 1, contentHash: before.contentHash, embedding: vectorOf('old') },
     ]);
-    expect(results).toEqual([{ rowId: '1', chunkNo: 1, stored: false, reason: 'stale: the source text changed after the input was prepared' }]);
+    expect(results).toEqual([{ rowId: '1', chunkNo: 1, stored: false, kind: 'stale', reason: 'stale: the source text changed after the input was prepared' }]);
     expect(await gap(db)).toMatchObject({ current: 0, missing: 10 });
     // embedded for the new text it becomes current; a later edit makes it stale again
     await embedRows(db, ['1']);
@@ -55,22 +55,55 @@ describe('invariant 2: a vector is current only while its hash equals what the v
     expect(await gap(db)).toMatchObject({ current: 0, stale: 1 });
   });
 
-  it('an edit committed while a write waits on the row lock wins: the write is refused as stale', async () => {
+  it('an edit that commits while a write is in flight wins: the item is not current, and the edit is queued', async () => {
     const input = await prepared('2');
     const editor = await db.pool.connect();
     try {
       await editor.query('begin');
       await editor.query(`update articles set body = 'edited in flight' where id = 2`);
+      // the write does not wait for the edit to insert its vector; it waits, briefly, to settle it
       const write = writeEmbeddings(db, 'articles', 'test@1', [
         { rowId: '2', chunkNo: 1, contentHash: input.contentHash, embedding: vectorOf('x') }]);
       await new Promise((r) => setTimeout(r, 200));
       await editor.query('commit');
-      expect((await write)[0]).toMatchObject({ stored: false, reason: expect.stringMatching(/^stale/) });
+      await write;
     } finally {
       editor.release();
     }
+    // the vector is one of the earlier text: stored as such, never counted current
+    const item = await db.query(`select embedded_hash is not distinct from content_hash as current, content_hash = $1 as old_text,
+                                        queue_job is not null as queued
+                                   from regen._items where row_id = '2'`, [input.contentHash]);
+    expect(item.rows[0]).toEqual({ current: false, old_text: false, queued: true });
+    expect(await gap(db)).toMatchObject({ current: 0 });
+    await embedRows(db, ['2']);
+    expect(await gap(db)).toMatchObject({ current: 1 });
     const stored = await db.query(`select count(*)::int as n from regen._embeddings where row_id = '2'`);
-    expect(stored.rows[0].n).toBe(0);
+    expect(stored.rows[0].n).toBe(1);
+  });
+
+  it('an application edit never waits for a write to insert its vectors: only for the settle step', async () => {
+    const input = await prepared('3');
+    // a slow index insert, made slower by hand: 1.5 s per vector
+    await db.query(`create function public.slow_insert() returns trigger language plpgsql as $$
+                    begin perform pg_sleep(1.5); return new; end $$`);
+    await db.query(`create trigger slow before insert on regen._embeddings for each row execute function public.slow_insert()`);
+    try {
+      const write = writeEmbeddings(db, 'articles', 'test@1', [
+        { rowId: '3', chunkNo: 1, contentHash: input.contentHash, embedding: vectorOf('3') }]);
+      await new Promise((r) => setTimeout(r, 300));   // the write is inserting now
+      const started = Date.now();
+      await db.query(`update articles set body = 'edited while written' where id = 3`);
+      const waited = Date.now() - started;
+      await write;
+      expect(waited).toBeLessThan(1_000);
+    } finally {
+      await db.query(`drop trigger slow on regen._embeddings`);
+      await db.query(`drop function public.slow_insert()`);
+    }
+    // the edit made the item stale and queued it again; the vector of the earlier text is not current
+    expect((await db.query(`select embedded_hash is not distinct from content_hash as current from regen._items where row_id = '3'`)).rows[0])
+      .toEqual({ current: false });
   });
 });
 
@@ -92,16 +125,16 @@ describe('write_embeddings refuses bad items one by one and stores the good ones
       ok('6'),
       { ...ok('7'), chunkNo: 2 },
     ]);
-    expect(results.map((r) => [r.rowId, r.stored, r.reason])).toEqual([
-      ['1', true, null],
-      ['2', false, `expected ${DIMS} dimensions, not ${DIMS + 1}`],
-      ['3', false, 'NaN or infinity not allowed in vector'],
-      ['4', false, 'NaN or infinity not allowed in vector'],
-      ['5', false, 'stale: the source text changed after the input was prepared'],
-      ['999', false, 'row is not tracked for this version: deleted, filtered out, or not registered'],
-      ['6', true, null],
-      ['6', false, 'duplicate item: this row and chunk already appear earlier in the batch'],
-      ['7', false, 'chunk 2 is not among the prepared inputs of this text'],
+    expect(results.map((r) => [r.rowId, r.stored, r.kind, r.reason])).toEqual([
+      ['1', true, null, null],
+      ['2', false, 'dimensions', `expected ${DIMS} dimensions, not ${DIMS + 1}`],
+      ['3', false, 'nan', 'NaN or infinity not allowed in vector'],
+      ['4', false, 'nan', 'NaN or infinity not allowed in vector'],
+      ['5', false, 'stale', 'stale: the source text changed after the input was prepared'],
+      ['999', false, 'untracked', 'row is not tracked for this version: deleted, filtered out, or not registered'],
+      ['6', true, null, null],
+      ['6', false, 'duplicate', 'duplicate item: this row and chunk already appear earlier in the batch'],
+      ['7', false, 'unplanned', 'chunk 2 is not among the prepared inputs of this text'],
     ]);
     expect(await gap(db)).toMatchObject({ current: 2, failed: 3, missing: 5 });
     const failed = await db.query(`select row_id, error, attempts from regen.failed_items order by row_id`);
@@ -110,8 +143,8 @@ describe('write_embeddings refuses bad items one by one and stores the good ones
       { row_id: '3', error: 'NaN or infinity not allowed in vector', attempts: 1 },
       { row_id: '4', error: 'NaN or infinity not allowed in vector', attempts: 1 },
     ]);
-    const rejected = await db.query(`select row_id, reason from regen.rejected_writes`);
-    expect(rejected.rows).toHaveLength(7);
+    const rejected = await db.query(`select row_id, kind from regen.rejected_writes order by row_id`);
+    expect(rejected.rows.map((r) => r.kind).sort()).toEqual(['dimensions', 'duplicate', 'nan', 'nan', 'stale', 'unplanned', 'untracked']);
     // no vector with NaN, wrong size or a stale hash was stored
     const stored = await db.query(`select row_id from regen._embeddings order by row_id`);
     expect(stored.rows.map((r) => r.row_id)).toEqual(['1', '6']);
@@ -121,9 +154,9 @@ describe('write_embeddings refuses bad items one by one and stores the good ones
     const input = await prepared('1');
     const item = { rowId: '1', chunkNo: 1, contentHash: input.contentHash, embedding: vectorOf('1') };
     expect(await writeEmbeddings(db, 'articles', 'nope@1', [item])).toEqual([
-      { rowId: '1', chunkNo: 1, stored: false, reason: `unknown version 'nope@1'` }]);
+      { rowId: '1', chunkNo: 1, stored: false, kind: 'unknown_version', reason: `unknown version 'nope@1'` }]);
     expect(await writeEmbeddings(db, 'nothing', 'test@1', [item])).toEqual([
-      { rowId: '1', chunkNo: 1, stored: false, reason: `unknown source 'nothing'` }]);
+      { rowId: '1', chunkNo: 1, stored: false, kind: 'unknown_source', reason: `unknown source 'nothing'` }]);
     const rejected = await db.query(`select version, source, reason from regen.rejected_writes order by at`);
     expect(rejected.rows.map((r) => r.reason)).toEqual([`unknown version 'nope@1'`, `unknown source 'nothing'`]);
     expect((await gap(db)).current).toBe(0);
