@@ -9,7 +9,7 @@ export { readGap, versionCoverage, type GapRow } from './gap.ts';
 export { rebuild, trackProgress, type Outcome, type Progress, type RebuildOptions, type RebuildRow, type Scope } from './rebuild.ts';
 export { readStatus, type Status } from './status.ts';
 export {
-  prepareInputs, reconcile, recover, writeEmbeddings, type Input, type ReconcileRow, type Recovered, type RefusalKind, type VectorItem, type WriteResult,
+  enqueueFresh, prepareInputs, reconcile, recover, writeEmbeddings, type Input, type ReconcileRow, type Recovered, type RefusalKind, type VectorItem, type WriteResult,
 } from './store.ts';
 export { search, type SearchContext, type SearchHit, type SearchOptions } from './search.ts';
 export { tenantIndexes, type TenantIndexOptions, type TenantIndexStep } from './tenant-indexes.ts';

@@ -110,6 +110,12 @@ export async function compactGap(db: Db): Promise<number> {
   return Number(rows[0]?.n ?? 0);
 }
 
+/** regen.enqueue_fresh(): moves the fresh edits the capture triggers marked into the queue; returns the items enqueued. */
+export async function enqueueFresh(db: Db): Promise<number> {
+  const { rows } = await db.query<{ n: string }>('select regen.enqueue_fresh() as n');
+  return Number(rows[0]?.n ?? 0);
+}
+
 export interface Recovered { source: string | null; version: string | null; items: number; reconciled: boolean }
 
 /**

@@ -81,7 +81,7 @@ describe('change capture', () => {
     const queueJob = async (id: string) => (await db.query(`select queue_job from regen._items where row_id = $1`, [id])).rows[0].queue_job;
     await db.query(`delete from pgboss.job where name like 'regen\\_embed\\_v%'`);
     await db.query(`update articles set body = 'edited' where id in (1, 2)`);   // stale now
-    await db.query(`update regen._items set queue_job = null`);                // and out of the queue
+    await db.query(`update regen._items set queue_job = null, fresh = false`);  // and out of the queue
     await db.query(`delete from pgboss.job where name like 'regen\\_embed\\_v%'`);
     await db.query(`select * from regen.rebuild()`);                            // backfill: rows 1 and 2
     expect(await jobs()).toEqual([{ fresh: 'false', n: 1 }]);
@@ -97,7 +97,12 @@ describe('change capture', () => {
     // a text edit and an insert are fresh edits
     await db.query(`update articles set body = 'edited again' where id = 7`);
     await db.query(`insert into articles (id, tenant, title, body) values (500, 'tenant_0', 'New', 'x')`);
-    expect(await jobs()).toEqual([{ fresh: 'false', n: 1 }, { fresh: 'true', n: 2 }]);
+    // marked in the application's transaction, enqueued outside it (the worker calls enqueue_fresh)
+    expect(await jobs()).toEqual([{ fresh: 'false', n: 1 }]);
+    expect((await db.query(`select row_id from regen._items where fresh order by row_id`)).rows.map((r) => r.row_id)).toEqual(['500', '7']);
+    expect((await db.query(`select regen.enqueue_fresh() as n`)).rows[0].n).toBe('2');
+    expect(await jobs()).toEqual([{ fresh: 'false', n: 1 }, { fresh: 'true', n: 1 }]);   // one job for both edits
+    expect((await db.query(`select count(*)::int as n from regen._items where fresh`)).rows[0].n).toBe(0);
   });
 
   it('UPDATE of the id moves the item, and its old vectors go', async () => {

@@ -16,6 +16,7 @@ export interface WorkerConfig {
   maxAttempts: number;
   jobsPerFetch: number;
   pollIntervalSeconds: number;
+  enqueueIntervalMs: number;
   superviseIntervalSeconds: number;
   port: number;
   shutdownTimeoutMs: number;
@@ -50,6 +51,7 @@ export const SETTINGS: Setting[] = [
   { env: 'REGEN_MAX_ATTEMPTS', key: 'maxAttempts', kind: 'int', default: '6', min: 1, max: 50, description: 'attempts of one provider request on 429, 5xx and timeouts before the batch is handed back to the queue' },
   { env: 'REGEN_JOBS_PER_FETCH', key: 'jobsPerFetch', kind: 'int', default: '8', min: 1, max: 1000, description: 'queue jobs (of up to 64 rows each) fetched at once and packed into provider requests together' },
   { env: 'REGEN_POLL_INTERVAL_SECONDS', key: 'pollIntervalSeconds', kind: 'int', default: '1', min: 1, description: 'how often an idle worker looks for work' },
+  { env: 'REGEN_ENQUEUE_INTERVAL_MS', key: 'enqueueIntervalMs', kind: 'int', default: '250', min: 10, max: 60000, description: 'how often the worker moves fresh edits (new rows, changed texts) from the capture triggers into the queue, set-based (regen.enqueue_fresh)' },
   { env: 'REGEN_SUPERVISE_INTERVAL_SECONDS', key: 'superviseIntervalSeconds', kind: 'int', default: '15', min: 1, max: 3600, description: 'how often the queue looks for batches of crashed workers (heartbeat lost) and expired ones, to retry them' },
   { env: 'REGEN_PORT', key: 'port', kind: 'int', default: '9464', min: 0, max: 65535, description: 'port of /healthz, /readyz and /metrics (0: any free port)' },
   { env: 'REGEN_SHUTDOWN_TIMEOUT_MS', key: 'shutdownTimeoutMs', kind: 'int', default: '20000', min: 0, description: 'on SIGTERM, how long in-flight batches may finish before they are handed back to the queue' },

@@ -5,7 +5,7 @@ import { PgBoss } from 'pg-boss';
 import pino from 'pino';
 import { connect, requireSchema } from '../connect.ts';
 import { PgregenError } from '../errors.ts';
-import { compactGap, recover, versionInfo, versionQueues, type VersionInfo } from '../store.ts';
+import { compactGap, enqueueFresh, recover, versionInfo, versionQueues, type VersionInfo } from '../store.ts';
 import { processBatch, type JobData } from './batch.ts';
 import type { WorkerConfig } from './config.ts';
 import { startHealthServer, type HealthServer } from './http.ts';
@@ -149,6 +149,16 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
   }).catch((err: Error) => log.warn({ err: err.message }, 'recovery check failed'));
   await recoverLost();
 
+  // Fresh edits: the capture triggers only mark them; they reach the queue here, set-based.
+  let enqueuing = false;
+  const freshEdits = setInterval(() => {
+    if (enqueuing || stopping) return;
+    enqueuing = true;
+    enqueueFresh(pool).catch((err: Error) => log.warn({ err: err.message }, 'enqueueing fresh edits failed'))
+      .finally(() => { enqueuing = false; });
+  }, config.enqueueIntervalMs);
+  freshEdits.unref();
+
   const housekeeping = setInterval(() => {
     compactGap(pool).catch((err: Error) => log.warn({ err: err.message }, 'gap compaction failed'));
     void recoverLost();
@@ -171,6 +181,7 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
     await boss.stop({ graceful: true, timeout: config.shutdownTimeoutMs + 2_000 }).catch((err: Error) => log.warn({ err: err.message }, 'queue stop'));
     clearTimeout(timer);
     clearInterval(housekeeping);
+    clearInterval(freshEdits);
     await health.close();
     await pool.end();
     log.info('worker stopped');

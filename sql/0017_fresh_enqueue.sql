@@ -1,0 +1,248 @@
+-- Fresh edits are enqueued outside the application's transaction (issue 13): the capture trigger
+-- only marks the items of new rows and changed texts `fresh`, and regen.enqueue_fresh(), which the
+-- worker calls every REGEN_ENQUEUE_INTERVAL_MS (250 ms by default), puts them into pg-boss,
+-- set-based: an application's write no longer inserts queue jobs, and a steady stream of edits
+-- becomes one job per version and interval (up to 64 rows) instead of one job per edit.
+--
+-- Error codes of this file: none new.
+
+alter table regen._items add column fresh boolean not null default false;
+comment on column regen._items.fresh is 'New row or changed text that regen.enqueue_fresh() has yet to enqueue';
+create index _items_fresh on regen._items (source_id, version_id) where fresh;
+
+create function regen.enqueue_fresh(max_items integer default 10000)
+returns bigint
+language plpgsql volatile set jit = off
+as $$
+declare
+  v_pair record;
+  v_rows text[];
+  v_left integer := enqueue_fresh.max_items;
+  v_enqueued bigint := 0;
+begin
+  if max_items is null or max_items < 1 then
+    raise exception 'max_items must be a positive integer, not %', coalesce(max_items::text, 'NULL') using errcode = 'RG003';
+  end if;
+  -- One enqueuer at a time (several worker replicas call this); the others have nothing to add.
+  if not pg_try_advisory_xact_lock(hashtext('regen.enqueue_fresh')) then
+    return 0;
+  end if;
+  for v_pair in
+    select distinct it.source_id, it.version_id from regen._items it where it.fresh order by 1, 2
+  loop
+    exit when v_left <= 0;
+    -- the hottest first, should there be more than max_items
+    with taken as (
+      select it.row_id from regen._items it
+      where it.source_id = v_pair.source_id and it.version_id = v_pair.version_id and it.fresh
+      order by it.priority desc, it.row_id
+      limit v_left
+    ), cleared as (
+      update regen._items it set fresh = false
+        from taken t
+       where it.source_id = v_pair.source_id and it.version_id = v_pair.version_id and it.row_id = t.row_id
+      returning it.row_id
+    )
+    select coalesce(array_agg(c.row_id), '{}') into v_rows from cleared c;
+    v_left := v_left - cardinality(v_rows);
+    v_enqueued := v_enqueued + regen._enqueue(v_pair.source_id, v_pair.version_id, v_rows, true);
+  end loop;
+  return v_enqueued;
+end
+$$;
+comment on function regen.enqueue_fresh(integer) is
+  'Enqueues the fresh edits (new rows, changed texts) that the capture triggers marked, as fresh jobs ahead of backfill; '
+  'returns the items enqueued. The worker calls it every REGEN_ENQUEUE_INTERVAL_MS; safe to call from anywhere.';
+
+-- The generated capture function of sql/0016, now leaving the enqueueing to regen.enqueue_fresh().
+-- Set-based, one call per statement, static SQL. It evaluates the
+-- source's expressions once, without writing, inside a block; if any row makes them raise, it
+-- evaluates row by row and records each such row as a failed item with the error: the
+-- application's write goes through. (The block is a subtransaction that writes nothing, so it takes
+-- no transaction id of its own.) It acts only when fired by its own table.
+create or replace function regen._capture_function(s regen._sources)
+returns void
+language plpgsql volatile
+as $$
+declare
+  v_fn text := format('regen.%I', 'tg_' || s.name || '__capture');
+  v_alias text := (select c.relname from pg_class c where c.oid = s.relation);
+  v_old_ids text;
+begin
+  v_old_ids := format('select (%I.%I)::text as row_id from old_rows as %I', v_alias, s.id_column, v_alias);
+  execute format($f$
+    create or replace function %1$s() returns trigger
+    language plpgsql security definer set search_path = %2$s set jit = off
+    as $body$
+    declare
+      v_ids text[] := '{}';
+      v_tenants text[] := '{}';
+      v_priorities float8[] := '{}';
+      v_hashes bytea[] := '{}';
+      v_bad_ids text[] := '{}';
+      v_bad_tenants text[] := '{}';
+      v_bad_errors text[] := '{}';
+      v_versions integer[];
+      v_row %3$s%%rowtype;
+      v_one record;
+    begin
+      -- Generated for one table: fired by any other (a copy, a temporary table) it refuses to act.
+      -- A restore gives the table a new oid; the source row then names it.
+      if tg_relid <> %4$s::oid
+         and not exists (select 1 from regen._sources s where s.id = %5$s and s.relation = tg_relid) then
+        raise exception 'capture function %%.%% belongs to source %%, not to table %%.%%',
+          'regen', %6$L, %7$L, tg_table_schema, tg_table_name
+          using errcode = 'RG017', hint = 'pgregen installs its own triggers: use regen.register_source()';
+      end if;
+
+      if tg_op = 'TRUNCATE' then
+        delete from regen._items where source_id = %5$s;
+        delete from regen._embeddings where source_id = %5$s;
+        return null;
+      end if;
+
+      if tg_op in ('INSERT', 'UPDATE') then
+        begin
+          select coalesce(array_agg(c.row_id), '{}'), coalesce(array_agg(c.tenant), '{}'),
+                 coalesce(array_agg(c.priority), '{}'), coalesce(array_agg(c.content_hash), '{}')
+            into v_ids, v_tenants, v_priorities, v_hashes
+            from (%8$s) c;
+        exception when others then
+          -- an expression raised on some row: find which, keep the others
+          v_ids := '{}'; v_tenants := '{}'; v_priorities := '{}'; v_hashes := '{}';
+          for v_row in select * from new_rows loop
+            begin
+              select c.row_id, c.tenant, c.priority, c.content_hash into v_one from (%9$s) c;
+              if found then
+                v_ids := v_ids || v_one.row_id; v_tenants := v_tenants || v_one.tenant;
+                v_priorities := v_priorities || v_one.priority; v_hashes := v_hashes || v_one.content_hash;
+              end if;
+            exception when others then
+              v_bad_ids := v_bad_ids || (v_row.%10$I)::text;
+              v_bad_errors := v_bad_errors || format('an expression of source %%s raised an error on this row: %%s', %7$L, sqlerrm);
+              begin
+                v_bad_tenants := v_bad_tenants || %11$s;
+              exception when others then
+                v_bad_tenants := v_bad_tenants || null::text;   -- the tenant itself does not compute
+              end;
+            end;
+          end loop;
+        end;
+      end if;
+
+      if tg_op in ('UPDATE', 'DELETE') then
+        v_versions := array(select sv.version_id from regen._source_versions sv where sv.source_id = %5$s);
+      end if;
+
+      if tg_op = 'DELETE' then
+        -- items first, then vectors, in two statements (see UPDATE)
+        delete from regen._items it using (%12$s) gone
+        where it.source_id = %5$s and it.version_id = any(v_versions) and it.row_id = gone.row_id;
+        delete from regen._embeddings e using (%12$s) gone
+        where e.version_id = any(v_versions) and e.source_id = %5$s and e.row_id = gone.row_id;
+        return null;
+      end if;
+
+      if tg_op = 'UPDATE' then
+        -- rows that left the source (id changed, filtered out, text now null) lose items and vectors.
+        -- Two statements: deleting the items waits for a worker's write_embeddings that holds them,
+        -- and only a statement started after that sees (and deletes) the vectors it wrote.
+        if exists (select o.row_id from (%12$s) o except select unnest(v_ids || v_bad_ids)) then
+          delete from regen._items it
+          using (select o.row_id from (%12$s) o except select unnest(v_ids || v_bad_ids)) gone(row_id)
+          where it.source_id = %5$s and it.version_id = any(v_versions) and it.row_id = gone.row_id;
+          delete from regen._embeddings e
+          using (select o.row_id from (%12$s) o except select unnest(v_ids || v_bad_ids)) gone(row_id)
+          where e.version_id = any(v_versions) and e.source_id = %5$s and e.row_id = gone.row_id;
+        end if;
+      end if;
+
+      -- The upsert, one statement: new rows and rows whose text changed are marked fresh, and
+      -- regen.enqueue_fresh() (the worker, every REGEN_ENQUEUE_INTERVAL_MS) puts them into the queue,
+      -- set-based, outside this transaction. A change of priority or tenant alone updates the item
+      -- and leaves its place in the queue (and its band) as it was.
+      if cardinality(v_ids) > 0 then
+        insert into regen._items as it (source_id, version_id, row_id, tenant, priority, content_hash, fresh)
+        select %5$s, sv.version_id, c.row_id, c.tenant, c.priority, c.content_hash, true
+        from unnest(v_ids, v_tenants, v_priorities, v_hashes) as c(row_id, tenant, priority, content_hash)
+        cross join regen._source_versions sv
+        where sv.source_id = %5$s
+        order by sv.version_id, c.row_id   -- the order the worker locks items in: no deadlock between the two
+        on conflict (source_id, version_id, row_id) do update
+          set tenant = excluded.tenant, priority = excluded.priority,
+              content_hash = excluded.content_hash, changed_at = now(),
+              fresh = it.fresh or it.content_hash is distinct from excluded.content_hash
+          where (it.tenant, it.priority, it.content_hash)
+                is distinct from (excluded.tenant, excluded.priority, excluded.content_hash);
+      end if;
+
+      -- rows an expression raised on: failed items, with the error (regen.failed_items); a later edit
+      -- that the expressions accept makes them ordinary items again
+      if cardinality(v_bad_ids) > 0 then
+        insert into regen._items as it (source_id, version_id, row_id, tenant, priority, content_hash, failed_hash, last_error, attempts)
+        select %5$s, sv.version_id, b.row_id, b.tenant, 0, h.hash, h.hash, b.error, 1
+        from unnest(v_bad_ids, v_bad_tenants, v_bad_errors) as b(row_id, tenant, error)
+        cross join lateral (select sha256(convert_to('pgregen: expression error: ' || b.error, 'UTF8')) as hash) h
+        cross join regen._source_versions sv
+        where sv.source_id = %5$s
+        order by sv.version_id, b.row_id
+        on conflict (source_id, version_id, row_id) do update
+          set tenant = excluded.tenant, content_hash = excluded.content_hash, failed_hash = excluded.failed_hash,
+              last_error = excluded.last_error, attempts = it.attempts + 1, queue_job = null, changed_at = now()
+          where it.content_hash is distinct from excluded.content_hash or it.tenant is distinct from excluded.tenant;
+      end if;
+
+      -- a row that moved to another tenant moves its vectors with it
+      if tg_op = 'UPDATE' then
+        if %13$s then
+          update regen._embeddings e set tenant = it.tenant
+          from regen._items it
+          where it.source_id = %5$s and it.version_id = any(v_versions) and it.row_id = any(v_ids || v_bad_ids)
+            and e.version_id = it.version_id and e.source_id = it.source_id and e.row_id = it.row_id
+            and e.tenant is distinct from it.tenant;
+        end if;
+      end if;
+      return null;
+    end
+    $body$ $f$,
+    v_fn,                                                         -- 1
+    s.expression_search_path,                                     -- 2
+    s.relation::regclass::text,                                   -- 3 (for %rowtype)
+    s.relation::oid,                                              -- 4
+    s.id,                                                         -- 5
+    'tg_' || s.name || '__capture',                               -- 6
+    s.name,                                                       -- 7
+    regen._capture_select(s, 'new_rows'),                         -- 8
+    regen._capture_select(s, '(select (v_row).*)'),               -- 9
+    s.id_column,                                                  -- 10
+    case when s.tenant_column is null then 'null::text'
+         else format('(v_row.%I)::text', s.tenant_column) end,    -- 11
+    v_old_ids,                                                    -- 12
+    -- whether a row's tenant may have changed (always false without a tenant column): a (row, tenant)
+    -- pair that was not there before. EXCEPT hashes both sides; a join of the transition tables,
+    -- which have no statistics, was planned as a nested loop, quadratic in the rows of the statement.
+    case when s.tenant_column is null then 'false'
+         else format('exists (select (n.%1$I)::text, (n.%2$I)::text from new_rows n except select (o.%1$I)::text, (o.%2$I)::text from old_rows o)',
+                     s.id_column, s.tenant_column) end);          -- 13
+  execute format('comment on function %s() is %L', v_fn,
+                 format('pgregen change capture for source %s, table %s (generated by regen.register_source)', s.name, s.relation));
+  -- Generated functions are the owner's alone (PostgreSQL grants EXECUTE to PUBLIC on every new
+  -- function): nobody else may attach this SECURITY DEFINER function to a table of theirs.
+  execute format('revoke all on function %s() from public', v_fn);
+end
+$$;
+comment on function regen._capture_function(regen._sources) is
+  'Generates (or regenerates) a source''s capture trigger function; executable by its owner only';
+
+-- Sources registered before this file get the new capture function (same triggers).
+do $$
+declare
+  v regen._sources;
+begin
+  for v in select * from regen._sources loop
+    perform regen._capture_function(v);
+  end loop;
+end
+$$;
+
+select regen._refresh_grants();
