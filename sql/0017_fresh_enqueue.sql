@@ -31,10 +31,15 @@ begin
     select distinct it.source_id, it.version_id from regen._items it where it.fresh order by 1, 2
   loop
     exit when v_left <= 0;
-    -- the hottest first, should there be more than max_items
+    -- The hottest first, should there be more than max_items. An item whose job is being worked
+    -- right now stays marked until that job ends: taking it into a new job would send its text to
+    -- the provider a second time while the first is in flight. If the job embedded the edited text,
+    -- the item is current and needs nothing; if not, the next round enqueues it.
     with taken as (
       select it.row_id from regen._items it
       where it.source_id = v_pair.source_id and it.version_id = v_pair.version_id and it.fresh
+        and not exists (select 1 from pgboss.job j
+                        where j.name = regen._queue(it.version_id) and j.id = it.queue_job and j.state = 'active')
       order by it.priority desc, it.row_id
       limit v_left
     ), cleared as (
@@ -233,6 +238,88 @@ end
 $$;
 comment on function regen._capture_function(regen._sources) is
   'Generates (or regenerates) a source''s capture trigger function; executable by its owner only';
+
+-- The rebuild button of sql/0012, now putting marked fresh edits into their fresh jobs first.
+create or replace function regen.rebuild(
+  source text default null,
+  version text default null,
+  force boolean default false,
+  dry_run boolean default false,
+  tenant text default null
+)
+returns setof regen.rebuild_result
+language plpgsql volatile set jit = off
+as $$
+declare
+  v_result regen.rebuild_result;
+  v_target record;
+  v_items bigint;
+  v_tokens bigint;
+begin
+  if rebuild.source is not null then
+    perform regen._source(rebuild.source);
+  end if;
+  if rebuild.version is not null then
+    perform regen._version_id(rebuild.version);
+  end if;
+  if to_regclass('pgboss.job') is null then
+    raise exception 'the pg-boss queue is not installed'
+      using errcode = 'RG030', hint = 'run pgregen install, which installs pg-boss';
+  end if;
+  if not regen._store_verified() then
+    perform regen.reconcile();
+  end if;
+  -- edits the capture marked go into their fresh jobs first; the backfill takes the rest
+  if not dry_run then
+    perform regen.enqueue_fresh(1000000);
+  end if;
+
+  for v_target in
+    select s.*, sv.version_id, v.tag, v.settings
+    from regen._sources s
+    join regen._source_versions sv on sv.source_id = s.id
+    join regen._versions v on v.id = sv.version_id
+    where (rebuild.source is null or s.name = rebuild.source)
+      and (case when rebuild.version is null then sv.role = 'active' else v.tag = rebuild.version end)
+    order by s.weight desc, s.name
+  loop
+    if dry_run then
+      -- what would be enqueued, with a token estimate from the text itself (4 bytes a token,
+      -- the usual rule of thumb; the worker counts exactly)
+      execute format($f$
+        select count(*), coalesce(sum(ceil(octet_length((%1$s)::text) / 4.0)), 0)::bigint
+        from regen._items it
+        join %2$s as %3$I on (%3$I.%4$I)::text = it.row_id
+        where it.source_id = $1 and it.version_id = $2 and ($3::text is null or it.tenant = $3)
+          and (it.queue_job is null or not exists (select 1 from pgboss.job j where j.name = regen._queue(it.version_id)
+                                                   and j.id = it.queue_job and j.state in ('created', 'retry')))
+          and ($4 or (it.embedded_hash is distinct from it.content_hash and it.failed_hash is distinct from it.content_hash))$f$,
+        v_target.content_expression, v_target.relation,
+        (select c.relname from pg_class c where c.oid = v_target.relation), v_target.id_column)
+      into v_items, v_tokens
+      using v_target.id, v_target.version_id, rebuild.tenant, rebuild.force;
+    else
+      v_items := regen._enqueue(v_target.id, v_target.version_id,
+        array(select it.row_id from regen._items it
+              where it.source_id = v_target.id and it.version_id = v_target.version_id
+                and (rebuild.tenant is null or it.tenant = rebuild.tenant)
+                and (rebuild.force or (it.embedded_hash is distinct from it.content_hash
+                                       and it.failed_hash is distinct from it.content_hash))),
+        false, rebuild.force);
+      v_tokens := null;
+      if rebuild.tenant is null then
+        delete from regen._losses l where l.source_id = v_target.id and l.version_id = v_target.version_id;
+      end if;
+    end if;
+    v_result := (v_target.name, v_target.tag, v_items, v_tokens, ceil(v_items / 64.0));
+    return next v_result;
+  end loop;
+end
+$$;
+comment on function regen.rebuild(text, text, boolean, boolean, text) is
+  'The rebuild button: enqueues the gap (missing, stale, outdated items; everything with force) of one source or all, '
+  'for the active version or the given one, into pg-boss in priority order. Reconciles a store that changed behind '
+  'pgregen''s back, and enqueues the fresh edits (regen.enqueue_fresh), first. dry_run returns what would be enqueued, with an estimated token count, and enqueues nothing.';
 
 -- Sources registered before this file get the new capture function (same triggers).
 do $$

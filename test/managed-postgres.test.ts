@@ -4,6 +4,7 @@
 // ("$user", public), so nothing may depend on the caller's search_path reaching pgvector.
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import { readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import OpenAI from 'openai';
@@ -22,7 +23,8 @@ import { assertStoreConsistent, inProcessWorker, waitForClosedGap, workerEnv } f
 
 const BIN = fileURLToPath(new URL('../bin/pgregen.js', import.meta.url));
 const execFileAsync = promisify(execFile);
-const MIGRATIONS = 15;
+// every file of sql/, as the installer finds them
+const MIGRATIONS = readdirSync(fileURLToPath(new URL('../sql/', import.meta.url))).filter((f) => /^\d{4}_\w+\.sql$/.test(f)).length;
 const DEFAULT_PATH = '"$user", public';
 // The functions that name pgvector's objects, each with the search_path regen._pin_search_paths() gives it.
 const PINNED = ['create_version', 'search_scoped', 'write_embeddings'];
