@@ -1,14 +1,26 @@
 // F. Change-capture overhead: what pgregen's capture triggers cost the application's own writes.
-// Two identical tables, docs_plain and docs_captured; only docs_captured is a registered source.
-// The same statements run against both from one autocommit connection, interleaved in rounds
-// (each round runs a block on one table then the other, the order flipping every round) so a noisy
-// machine hurts both alike; per-statement client-side latencies give p50/p95 and their ratios.
-// After every kind the capture is checked against the tables by brute force.
+// Three identical tables: docs_plain (no trigger), docs_pgai (the design of pgai Vectorizer's
+// source trigger, re-created here) and docs_captured, the registered pgregen source. The same
+// statements run against all three from one autocommit connection, interleaved in rounds (each
+// round runs a block on each table, the order rotating every round) so a noisy machine hurts all
+// alike; per-statement client-side latencies give p50/p95 and their ratios. After every kind the
+// capture is checked against the tables by brute force.
+//
+// The pgai-style baseline follows pgai's trigger as built by ai._vectorizer_build_trigger_definition
+// and ai._vectorizer_create_source_trigger (timescale/pgai, projects/pgai/db/sql/idempotent/
+// 011-vectorizer-int.sql, 2025): a row-level AFTER INSERT OR UPDATE OR DELETE trigger function,
+// SECURITY DEFINER with search_path pg_catalog, pg_temp; INSERT queues the primary key; UPDATE
+// deletes the row's embeddings and queues it when the key changed, else queues it when any column
+// but the embedding column changed (compared as jsonb_each(to_jsonb(old)) against new, the embedding
+// column read from the vectorizer's configuration); DELETE deletes the row's embeddings; a statement
+// trigger truncates both tables on TRUNCATE. The queue table holds the key, queued_at and the two
+// loading-retry columns, indexed on the key; the destination table holds embedding_uuid (primary
+// key), the key, chunk_seq, chunk and the vector, unique on (key, chunk_seq).
 import pg from 'pg';
 import { mulberry32 } from '../src/prng.ts';
 import {
   check, fmtInt, fmtMs, fmtRate, median, openServer, percentile, renderTable, serverInfo,
-  type BenchOptions, type BenchReport, type ServerInfo, type Table,
+  type BenchOptions, type BenchReport, type ServerInfo, type Table, type Target,
 } from './support.ts';
 
 const SIZES = { full: { rows: 20_000, statements: 2_000, bulk: 100 }, quick: { rows: 5_000, statements: 200, bulk: 10 } };
@@ -22,7 +34,7 @@ const TENANTS = 100;
 const TAG = 'bench@1';
 const SOURCE = 'docs';
 const CONTENT = `title || E'\\n\\n' || body`;
-const TABLES = ['docs_plain', 'docs_captured'] as const;
+const TABLES = ['docs_plain', 'docs_pgai', 'docs_captured'] as const;
 type DocsTable = (typeof TABLES)[number];
 const GAP = ['expected', 'current', 'stale', 'missing', 'queued'] as const;
 type Gap = Record<(typeof GAP)[number], number>;
@@ -36,6 +48,8 @@ interface Kind {
   params: (i: number) => unknown[];
   /** What the kind must do to regen.embedding_gap and the queue, for n statements on docs_captured. */
   expect: (n: number) => { gap: Partial<Gap>; jobs: number };
+  /** Rows the pgai-style trigger queues for n statements (warm-up included; the bulk kind: its last). */
+  pgaiQueued: (n: number) => number;
 }
 
 interface Measured {
@@ -68,6 +82,7 @@ export async function run(options: BenchOptions): Promise<BenchReport> {
     try {
       info = await serverInfo(client);
       const ctx = await build(client, size.rows, log);
+      await buildPgaiStyle(client);
       await client.query('set synchronous_commit = off');
       settings = (await client.query<{ s: string }>(
         `select string_agg(name || ' = ' || current_setting(name), ', ' order by name) as s from pg_settings
@@ -111,18 +126,21 @@ export async function run(options: BenchOptions): Promise<BenchReport> {
       `timing: one connection, autocommit, prepared statements, \`synchronous_commit = off\` in that session so the commit does ` +
         `not wait for a WAL flush on the shared disk (server settings: ${settings}); client-side wall time per statement`,
       `single-row kinds: ${fmtInt(size.statements)} timed statements per kind and table after ${WARMUP} untimed ones, in rounds ` +
-        `of ${ROUND} per table, the table order flipping every round, each statement on another row; the bulk kind: ` +
+        `of ${ROUND} per table, the table order rotating every round, each statement on another row; the bulk kind: ` +
         `${fmtInt(size.bulk)} timed statements per table after 1 untimed, one per table per round, the items settled again ` +
         `before every round so each captured statement turns ${fmtInt(BULK_ROWS)} current items stale`,
-      'vacuum: between kinds (outside the timings) both tables, regen._items and pgboss.job were vacuumed and analyzed and the ' +
+      'vacuum: between kinds (outside the timings) the three tables, regen._items, pgboss.job and the pgai-style queue and ' +
+        'destination tables were vacuumed and analyzed, the pgai-style queue emptied (its worker caught up) and the ' +
         'gap deltas folded (regen.compact_gap); none within a kind beyond autovacuum, which was left on',
       'correctness: after every kind, each row of docs_captured had exactly one item with the sha256 of its text, its tenant and ' +
         'its views as priority, and no item was left without a row; the counts of regen.embedding_gap equalled a brute-force count ' +
         'over regen._items; every item needing work waited in a created pg-boss job; and the kind changed the gap and the queue ' +
-        'exactly as in the last table (the run fails otherwise)',
+        'exactly as in the last table; the pgai-style trigger queued one row per change it must queue (the run fails otherwise)',
+      'the pgai-style baseline: a faithful re-creation of pgai Vectorizer\'s source trigger (timescale/pgai, ' +
+        'projects/pgai/db/sql/idempotent/011-vectorizer-int.sql, 2025), see the header of bench/capture-overhead.ts',
     ],
     tables,
-    targets: [],
+    targets: captureTargets(results),
     figures,
     server: info!,
   };
@@ -144,18 +162,21 @@ function kinds(rows: number): Kind[] {
       sql: (t) => `update ${t} set body = $2 || substr(body, length($2) + 1) where id = $1`,
       params: (i) => [ids[i]!, `edit ${i}: `],
       expect: (n) => ({ gap: { current: -n, stale: n, queued: n }, jobs: Math.ceil(n / 64) }),
+      pgaiQueued: (n) => n,
     },
     {
       key: 'update-views', label: 'UPDATE views (not embedded), 1 row', rowsPerStatement: 1,
       sql: (t) => `update ${t} set views = views + 1 where id = $1`,
       params: (i) => [ids[half + i]!],
       expect: () => ({ gap: {}, jobs: 0 }),
+      pgaiQueued: (n) => n,   // pgai queues a change of any column but the embedding
     },
     {
       key: 'insert', label: 'INSERT, 1 row', rowsPerStatement: 1,
       sql: (t) => `insert into ${t} (id, tenant, title, body, views) values ($1, $2, $3, $4, $5)`,
       params: (i) => [fresh(i), tenant(fresh(i)), `Document ${fresh(i)}`, body(`new ${i}`), i % 1000],
       expect: (n) => ({ gap: { expected: n, missing: n, queued: n }, jobs: Math.ceil(n / 64) }),
+      pgaiQueued: (n) => n,
     },
     {
       // the rows the INSERT kind added; their items were settled (current) in between
@@ -163,6 +184,7 @@ function kinds(rows: number): Kind[] {
       sql: (t) => `delete from ${t} where id = $1`,
       params: (i) => [fresh(i)],
       expect: (n) => ({ gap: { expected: -n, current: -n }, jobs: 0 }),
+      pgaiQueued: () => 0,
     },
     {
       // items are settled before every round, so what is left afterwards is the last statement's doing
@@ -170,6 +192,7 @@ function kinds(rows: number): Kind[] {
       sql: (t) => `update ${t} set body = $2 || substr(body, length($2) + 1) where id between $1 and $1 + ${BULK_ROWS - 1}`,
       params: (i) => [1 + ((i * BULK_ROWS) % (rows - (rows % BULK_ROWS))), `bulk ${i}: `],
       expect: () => ({ gap: { current: -BULK_ROWS, stale: BULK_ROWS, queued: BULK_ROWS }, jobs: Math.ceil(BULK_ROWS / 64) }),
+      pgaiQueued: (n) => n * BULK_ROWS,
     },
   ];
 }
@@ -208,16 +231,73 @@ async function build(client: pg.Client, rows: number, log: (line: string) => voi
   return { client, sourceId: ids!.source_id, queue: ids!.queue, log };
 }
 
+/**
+ * docs_pgai: a copy of docs_plain with the source trigger of pgai Vectorizer (see the header of this
+ * file for the version followed): its queue table, its destination table and its configuration row.
+ */
+async function buildPgaiStyle(client: pg.Client): Promise<void> {
+  await client.query('create table docs_pgai (like docs_plain including all)');
+  await client.query('insert into docs_pgai select * from docs_plain');
+  await client.query(`create table pgai_vectorizer (id int primary key, source_schema name, source_table name, config jsonb)`);
+  await client.query(`insert into pgai_vectorizer values (1, 'public', 'docs_pgai',
+                        '{"destination": {"implementation": "table", "target_table": "pgai_docs_embedding"}}')`);
+  await client.query(`create table pgai_q_docs (id bigint not null, queued_at timestamptz not null default now(),
+                        loading_retries int not null default 0, loading_retry_after timestamptz)`);
+  await client.query('create index on pgai_q_docs (id)');
+  await client.query(`create table pgai_docs_embedding (embedding_uuid uuid not null primary key default gen_random_uuid(),
+                        id bigint not null, chunk_seq int not null, chunk text not null, embedding vector(64) not null,
+                        unique (id, chunk_seq))`);
+  await client.query(`create function public.pgai_docs_trigger() returns trigger as $$
+    begin
+      if (tg_level = 'ROW') then
+        if (tg_op = 'DELETE') then
+          delete from public.pgai_docs_embedding where id = old.id;
+        elsif (tg_op = 'UPDATE') then
+          if old.id is distinct from new.id then
+            delete from public.pgai_docs_embedding where id = old.id;
+            insert into public.pgai_q_docs (id) values (new.id);
+          elsif exists (
+              select 1 from pg_catalog.jsonb_each(to_jsonb(old)) as o(key, value)
+              join pg_catalog.jsonb_each(to_jsonb(new)) as n(key, value) on o.key = n.key
+              where o.value is distinct from n.value
+                and o.key != all(select config -> 'destination' ->> 'embedding_column' from public.pgai_vectorizer
+                                  where source_table = 'docs_pgai' and source_schema = 'public'
+                                    and config -> 'destination' ->> 'implementation' = 'column')) then
+            insert into public.pgai_q_docs (id) values (new.id);
+          end if;
+          return new;
+        else
+          insert into public.pgai_q_docs (id) values (new.id);
+          return new;
+        end if;
+      elsif (tg_level = 'STATEMENT') then
+        if (tg_op = 'TRUNCATE') then
+          truncate table public.pgai_docs_embedding;
+          truncate table public.pgai_q_docs;
+        end if;
+        return null;
+      end if;
+      return null;
+    end
+    $$ language plpgsql volatile parallel safe security definer set search_path to pg_catalog, pg_temp`);
+  await client.query('revoke all on function public.pgai_docs_trigger() from public');
+  await client.query(`create trigger pgai_docs after insert or update or delete on docs_pgai
+                        for each row execute function public.pgai_docs_trigger()`);
+  await client.query(`create trigger pgai_docs_truncate after truncate on docs_pgai
+                        for each statement execute function public.pgai_docs_trigger()`);
+}
+
 async function measureKind(ctx: Context, kind: Kind, timed: number, round: number, warmup: number): Promise<Measured> {
   const { client } = ctx;
   const bulk = kind.rowsPerStatement > 1;
   await settle(ctx);
   await client.query('select regen.compact_gap()');
-  await client.query('vacuum (analyze) docs_plain, docs_captured, regen._items, pgboss.job');
+  await client.query('vacuum (analyze) docs_plain, docs_pgai, docs_captured, regen._items, pgboss.job, pgai_q_docs, pgai_docs_embedding');
+  await client.query('truncate pgai_q_docs');
   const before = await gap(ctx);
   const jobsBefore = await jobs(ctx);
 
-  const samples: Record<DocsTable, number[]> = { docs_plain: [], docs_captured: [] };
+  const samples: Record<DocsTable, number[]> = { docs_plain: [], docs_pgai: [], docs_captured: [] };
   const roundRatios: number[] = [];
   const statement = async (table: DocsTable, i: number) => {
     const start = performance.now();
@@ -231,8 +311,8 @@ async function measureKind(ctx: Context, kind: Kind, timed: number, round: numbe
   for (let r = 0, i = warmup; i < warmup + timed; r++) {
     if (bulk) await settle(ctx);
     const count = Math.min(round, warmup + timed - i);
-    const order = r % 2 ? [...TABLES].reverse() : TABLES;
-    const inRound: Record<DocsTable, number[]> = { docs_plain: [], docs_captured: [] };
+    const order = [...TABLES.slice(r % TABLES.length), ...TABLES.slice(0, r % TABLES.length)];
+    const inRound: Record<DocsTable, number[]> = { docs_plain: [], docs_pgai: [], docs_captured: [] };
     for (const table of order) {
       for (let k = 0; k < count; k++) inRound[table].push(await statement(table, i + k));
       samples[table].push(...inRound[table]);
@@ -256,6 +336,9 @@ async function measureKind(ctx: Context, kind: Kind, timed: number, round: numbe
   }
   check(added === want.jobs, `${kind.label}: ${added} pg-boss jobs added, expected ${want.jobs}`);
   await verifyCapture(ctx, kind.label);
+  // the baseline did its part as well: one queue row per captured change
+  const queued = (await client.query<{ n: number }>('select count(*)::int as n from pgai_q_docs')).rows[0]!.n;
+  check(queued === kind.pgaiQueued(statements), `${kind.label}: the pgai-style trigger queued ${queued} rows, expected ${kind.pgaiQueued(statements)}`);
   const m: Measured = { kind, statements, samples, roundRatios, gap: delta, jobs: added };
   ctx.log(`${kind.label}: p50 ${fmtMs(percentile(samples.docs_plain, 50))} ms plain, ` +
     `${fmtMs(percentile(samples.docs_captured, 50))} ms captured (${ratio(m, 50).toFixed(2)}×)`);
@@ -268,6 +351,7 @@ async function settle(ctx: Context): Promise<void> {
     `update regen._items set embedded_hash = content_hash, plan_hash = content_hash, chunk_hashes = array[content_hash], queue_job = null
       where source_id = $1 and (embedded_hash is distinct from content_hash or queue_job is not null)`, [ctx.sourceId]);
   await ctx.client.query('delete from pgboss.job where name = $1', [ctx.queue]);
+  await ctx.client.query('truncate pgai_q_docs');   // and the pgai-style worker drained its queue
 }
 
 async function gap(ctx: Context): Promise<Gap> {
@@ -308,30 +392,51 @@ function ratio(m: Measured, p: number): number {
   return percentile(m.samples.docs_captured, p) / percentile(m.samples.docs_plain, p);
 }
 
+/** p50 (or p95) added time of a table's capture over the plain table, ms. */
+function added(m: Measured, table: DocsTable, p = 50): number {
+  return percentile(m.samples[table], p) - percentile(m.samples.docs_plain, p);
+}
+
 function latencyTable(results: Measured[]): Table {
   const x = (r: number) => `${r.toFixed(2)}×`;
   const cost = results.map((r) => {
     const plain = percentile(r.samples.docs_plain, 50);
     const captured = percentile(r.samples.docs_captured, 50);
-    return `${r.kind.label}: ${fmtMs(captured)} ms instead of ${fmtMs(plain)} ms (${captured >= plain ? '+' : '−'}${fmtMs(Math.abs(captured - plain))} ms, ${x(captured / plain)})`;
+    return `${r.kind.label}: ${fmtMs(captured)} ms instead of ${fmtMs(plain)} ms (+${fmtMs(added(r, 'docs_captured'))} ms; the pgai-style trigger +${fmtMs(added(r, 'docs_pgai'))} ms)`;
   });
   return {
-    title: 'Latency per statement (ms, client-side; plain = docs_plain, captured = docs_captured)',
-    headers: ['statement', 'timed per table', 'plain p50', 'captured p50', 'p50 ratio', 'plain p95', 'captured p95', 'p95 ratio',
-      'per-round p50 ratio: median (min – max)'],
+    title: 'Latency per statement (ms, client-side; plain = docs_plain, pgai-style = docs_pgai, pgregen = docs_captured)',
+    headers: ['statement', 'timed per table', 'plain p50', 'pgai-style p50', 'pgregen p50', 'added p50: pgai-style', 'added p50: pgregen',
+      'pgregen added / pgai-style added', 'plain p95', 'pgai-style p95', 'pgregen p95', 'pgregen / plain p50, per round: median (min – max)'],
     rows: results.map((r) => {
       const rr = r.roundRatios;
       return [r.kind.label, fmtInt(r.samples.docs_plain.length),
-        fmtMs(percentile(r.samples.docs_plain, 50)), fmtMs(percentile(r.samples.docs_captured, 50)), x(ratio(r, 50)),
-        fmtMs(percentile(r.samples.docs_plain, 95)), fmtMs(percentile(r.samples.docs_captured, 95)), x(ratio(r, 95)),
+        fmtMs(percentile(r.samples.docs_plain, 50)), fmtMs(percentile(r.samples.docs_pgai, 50)), fmtMs(percentile(r.samples.docs_captured, 50)),
+        fmtMs(added(r, 'docs_pgai')), fmtMs(added(r, 'docs_captured')), x(added(r, 'docs_captured') / Math.max(added(r, 'docs_pgai'), 0.001)),
+        fmtMs(percentile(r.samples.docs_plain, 95)), fmtMs(percentile(r.samples.docs_pgai, 95)), fmtMs(percentile(r.samples.docs_captured, 95)),
         `${x(median(rr))} (${x(Math.min(...rr))} – ${x(Math.max(...rr))})`];
     }),
     notes: [
       `What capture costs a write here, at the median: ${cost.join('; ')}.`,
-      'Ratios are captured / plain. Every 1,000th statement on regen._items also folds the gap deltas (regen.compact_gap), ' +
-        'a cost that lands on a few captured statements and does not show at p50 or p95.',
+      'Added time is the p50 of the table minus the p50 of docs_plain (floored at 1 µs for the ratio). Every 1,000th statement ' +
+        'on regen._items also folds the gap deltas (regen.compact_gap), a cost that lands on a few captured statements and does ' +
+        'not show at p50 or p95.',
     ],
   };
+}
+
+/** Issue 13's capture target: a single-row statement costs at most 2x what the pgai-style trigger costs (p50 added time). */
+function captureTargets(results: Measured[]): Target[] {
+  return results.filter((r) => r.kind.rowsPerStatement === 1).map((r) => {
+    const ours = added(r, 'docs_captured');
+    const theirs = Math.max(added(r, 'docs_pgai'), 0.001);
+    return {
+      name: `${r.kind.label}: p50 added time, pgregen / pgai-style`,
+      measured: `${(ours / theirs).toFixed(2)}× (+${fmtMs(ours)} ms against +${fmtMs(added(r, 'docs_pgai'))} ms)`,
+      target: '≤ 2×',
+      met: ours / theirs <= 2,
+    };
+  });
 }
 
 function bulkTable(results: Measured[]): Table {
