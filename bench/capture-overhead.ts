@@ -19,7 +19,7 @@
 import pg from 'pg';
 import { mulberry32 } from '../src/prng.ts';
 import {
-  check, fmtInt, fmtMs, fmtRate, median, openServer, percentile, renderTable, serverInfo,
+  check, fmtInt, fmtMs, fmtRate, median, openServer, percentile, renderTable, renderTargets, serverInfo,
   type BenchOptions, type BenchReport, type ServerInfo, type Table, type Target,
 } from './support.ts';
 
@@ -99,7 +99,8 @@ export async function run(options: BenchOptions): Promise<BenchReport> {
     await server.stop();
   }
 
-  const tables = [latencyTable(results), bulkTable(results), effectTable(results)];
+  const targets = captureTargets(results);
+  const tables = [latencyTable(results), bulkTable(results), effectTable(results), renderTargets(targets)];
   for (const table of tables) console.log(`\n${renderTable(table)}`);
   const figures: Record<string, number> = {};
   for (const r of results) {
@@ -113,8 +114,9 @@ export async function run(options: BenchOptions): Promise<BenchReport> {
     title: 'F. Change-capture overhead on application writes',
     setup: [
       `database: ${server.origin}`,
-      `two identical tables docs_plain and docs_captured (id bigint primary key, tenant text, title text, body text, views int), ` +
-        `${fmtInt(size.rows)} rows each, ${TENANTS} tenants, bodies of ${BODY_CHARS} characters; only docs_captured is registered: ` +
+      `three identical tables docs_plain, docs_pgai and docs_captured (id bigint primary key, tenant text, title text, body text, ` +
+        `views int), ${fmtInt(size.rows)} rows each, ${TENANTS} tenants, bodies of ${BODY_CHARS} characters; docs_pgai carries the ` +
+        `pgai-style trigger (below); only docs_captured is registered: ` +
         `regen.register_source('${SOURCE}', 'docs_captured', 'id', $$${CONTENT}$$, tenant_column => 'tenant', ` +
         `priority_expression => 'views', version => '${TAG}') (version: local-hash model, 64 dimensions), which installs its four ` +
         'statement-level triggers; docs_plain has none (both checked)',
@@ -140,7 +142,7 @@ export async function run(options: BenchOptions): Promise<BenchReport> {
         'projects/pgai/db/sql/idempotent/011-vectorizer-int.sql, 2025), see the header of bench/capture-overhead.ts',
     ],
     tables,
-    targets: captureTargets(results),
+    targets,
     figures,
     server: info!,
   };
