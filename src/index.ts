@@ -6,7 +6,7 @@ export {
   listSources, registerSource, unregisterSource, type RegisteredSource, type SourceDefinition, type SourceRow,
 } from './sources.ts';
 export { readGap, versionCoverage, type GapRow } from './gap.ts';
-export { rebuild, trackProgress, type Outcome, type Progress, type RebuildOptions, type RebuildRow, type Scope } from './rebuild.ts';
+export { rebuild, scopeStatus, trackProgress, type Outcome, type Progress, type RebuildOptions, type RebuildRow, type Scope, type ScopeStatus } from './rebuild.ts';
 export { readStatus, type Status } from './status.ts';
 export {
   enqueueFresh, prepareInputs, reconcile, recover, writeEmbeddings, type Input, type ReconcileRow, type Recovered, type RefusalKind, type VectorItem, type WriteResult,

@@ -42,24 +42,22 @@ export interface Progress {
 
 export type Outcome = { kind: 'closed' | 'stuck' | 'interrupted'; last: Progress };
 
-interface Reading { open: number; failed: number; queuedItems: number; queuedJobs: number; activeJobs: number }
+/** regen.rebuild_status(): open work, rate and ETA of a scope, computed in SQL. */
+export interface ScopeStatus {
+  open: number; failed: number; settledRecently: number; ratePerSecond: number; etaSeconds: number | null;
+  queuedItems: number; queuedJobs: number; activeJobs: number;
+}
 
-/** Open and failed items of the scope (from the gap views) and the jobs of its versions' queues. */
-async function readScope(db: Db, scope: Scope): Promise<Reading> {
-  const sources = scope.targets.map((t) => t.source);
-  const versions = scope.targets.map((t) => t.version);
-  const { rows: [gap] } = await db.query<{ open: string; failed: string }>(
-    `select coalesce(sum(g.missing + g.stale + g.outdated), 0) as open, coalesce(sum(g.failed), 0) as failed
-       from ${scope.tenant === undefined ? 'regen.embedding_gap' : 'regen.embedding_gap_by_tenant'} g
-      where (g.source, g.version) in (select * from unnest($1::text[], $2::text[]))
-        ${scope.tenant === undefined ? 'and $3::text is null' : 'and g.tenant = $3::text'}`,
-    [sources, versions, scope.tenant ?? null]);
-  const { rows: [queue] } = await db.query<{ items: string; jobs: string; active: string }>(
-    `select coalesce(sum(q.items), 0) as items, coalesce(sum(q.jobs), 0) as jobs,
-            coalesce(sum(q.jobs) filter (where q.state = 'active'), 0) as active
-       from regen.queue_depth() q where q.version = any($1::text[])`, [versions]);
-  return { open: Number(gap?.open ?? 0), failed: Number(gap?.failed ?? 0), queuedItems: Number(queue?.items ?? 0),
-    queuedJobs: Number(queue?.jobs ?? 0), activeJobs: Number(queue?.active ?? 0) };
+/** The status of a rebuild's scope, as regen.rebuild_status computes it (rate over the last 10 s). */
+export async function scopeStatus(db: Db, scope: Scope): Promise<ScopeStatus> {
+  const { rows: [r] } = await db.query<Record<string, string | null>>(
+    'select * from regen.rebuild_status($1::text[], $2::text[], tenant => $3::text)',
+    [scope.targets.map((t) => t.source), scope.targets.map((t) => t.version), scope.tenant ?? null]);
+  return {
+    open: Number(r!.open), failed: Number(r!.failed), settledRecently: Number(r!.settled_recently),
+    ratePerSecond: Number(r!.rate_per_second), etaSeconds: r!.eta_seconds === null ? null : Number(r!.eta_seconds),
+    queuedItems: Number(r!.queued_items), queuedJobs: Number(r!.queued_jobs), activeJobs: Number(r!.active_jobs),
+  };
 }
 
 const IDLE_NOTE_AFTER_MS = 15_000;
@@ -75,22 +73,21 @@ export async function trackProgress(db: Db, scope: Scope, enqueued: number, stop
   let total = 0;
   let emptyPolls = 0;
   let lastMoveAt = Date.now();
-  const samples: Array<{ at: number; done: number }> = [];
+  let lastDone = -1;
   for (;;) {
-    const r = await readScope(db, scope);
+    const r = await scopeStatus(db, scope);
     // forced items are current already: only the queue shows what is left of them
     const remaining = scope.force ? Math.max(r.open, r.queuedItems) : r.open;
     total = Math.max(total || Math.max(enqueued, remaining), remaining);
     const done = total - remaining;
     const now = Date.now();
-    if (samples.length === 0 || done !== samples[samples.length - 1]!.done) lastMoveAt = now;
-    samples.push({ at: now, done });
-    while (samples.length > 2 && now - samples[0]!.at > 10_000) samples.shift();
-    const first = samples[0]!;
-    const rate = now > first.at ? Math.max(0, (done - first.done) / ((now - first.at) / 1000)) : 0;
+    if (done !== lastDone) lastMoveAt = now;
+    lastDone = done;
     const idle = remaining > 0 && r.activeJobs === 0 && now - lastMoveAt >= IDLE_NOTE_AFTER_MS;
+    // rate and ETA as SQL computes them (forced items: at that rate, against what is left in the queue)
+    const etaSeconds = !scope.force ? r.etaSeconds : remaining === 0 ? 0 : r.ratePerSecond > 0 ? remaining / r.ratePerSecond : null;
     const progress: Progress = {
-      done, total, remaining, failed: r.failed, rate, etaSeconds: remaining === 0 ? 0 : rate > 0 ? remaining / rate : null,
+      done, total, remaining, failed: r.failed, rate: r.ratePerSecond, etaSeconds,
       note: idle ? 'nothing in flight: is a pgregen worker running?' : '',
     };
     report(progress);
