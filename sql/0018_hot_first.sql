@@ -27,7 +27,7 @@ declare
 begin
   with candidates as materialized (
     select it.version_id, it.row_id, it.priority, coalesce(k.api_key_ref, '') as key_ref,
-           not v_ranked or it.priority > 0 as hot
+           _enqueue.fresh or not v_ranked or it.priority > 0 as hot   -- fresh edits are one band: not split
     from regen._source_versions sv
     join regen._items it on it.source_id = sv.source_id and it.version_id = sv.version_id
     left join regen._tenant_keys k on k.tenant = it.tenant
