@@ -1,7 +1,7 @@
 -- The write path (issue 13, first part): write-back no longer holds the items' row locks while it
 -- inserts into the HNSW index, so an application's edit of a row being written waits for a short
--- settle step at most; every refusal carries a kind to branch on; an edit of the priority or the
--- tenant alone no longer enqueues the row.
+-- settle step at most; every refusal carries a kind to branch on; items settled are counted per
+-- second and tenant.
 --
 -- Error codes of this file: none new.
 
@@ -107,6 +107,42 @@ comment on function regen.write_embeddings(text, text, text[], integer[], bytea[
   'nan, dimensions, untracked, stale, unplanned) and a reason (see regen.rejected_writes). Holds no item lock while the '
   'vectors are inserted; the settle trigger keeps only what still matches.';
 
+alter table regen._progress rename column minute to at;
+alter table regen._progress add column tenant text;
+alter index regen._progress_minute rename to _progress_at;
+-- Items settled are counted per second and tenant (regen.rebuild_status reads them).
+comment on table regen._progress is 'Items settled per second, source, version and tenant (pruned after an hour by regen.compact_gap)';
+
+create or replace function regen.compact_gap()
+returns bigint
+language plpgsql volatile
+as $$
+declare
+  v_folded bigint;
+begin
+  -- One compactor at a time; a second caller has nothing to do.
+  if not pg_try_advisory_xact_lock(hashtext('regen.compact_gap')) then
+    return 0;
+  end if;
+  with moved as (
+    delete from regen._gap_deltas returning *
+  ), net as (
+    select source_id, version_id, tenant, state, queued, sum(n) as n, count(*) as folded
+    from moved group by 1, 2, 3, 4, 5
+  ), applied as (
+    insert into regen._gap_counts as c (source_id, version_id, tenant, state, queued, n)
+    select source_id, version_id, tenant, state, queued, n from net
+    on conflict (source_id, version_id, tenant, state, queued) do update set n = c.n + excluded.n
+  )
+  select coalesce(sum(folded), 0) into v_folded from net;
+  delete from regen._gap_counts where n = 0;
+  delete from regen._progress where at < now() - interval '1 hour';
+  return v_folded;
+end
+$$;
+comment on function regen.compact_gap() is
+  'Folds appended gap deltas into the gap counts; keeps regen.embedding_gap fast. Returns the number of deltas folded.';
+
 -- The settle trigger: the statement's vectors are in the store, not yet committed. Lock the items
 -- they belong to (in the order every writer takes them; held until this write commits, a moment
 -- from now), then keep only what still holds now that nothing can change under it: vectors of rows
@@ -152,14 +188,14 @@ begin
              select count(*) from regen._embeddings e
              where e.version_id = it.version_id and e.source_id = it.source_id and e.row_id = it.row_id
                and e.content_hash = it.content_hash and e.chunk_no <= cardinality(it.chunk_hashes))
-    returning it.version_id, it.source_id, it.row_id, cardinality(it.chunk_hashes) as chunks
+    returning it.version_id, it.source_id, it.row_id, it.tenant, cardinality(it.chunk_hashes) as chunks
   ), extra as (
     delete from regen._embeddings e using done d
     where e.version_id = d.version_id and e.source_id = d.source_id and e.row_id = d.row_id and e.chunk_no > d.chunks
   )
-  insert into regen._progress (source_id, version_id, minute, items)
-  select d.source_id, d.version_id, date_trunc('minute', now()), count(*)
-  from done d group by 1, 2;
+  insert into regen._progress (source_id, version_id, tenant, at, items)
+  select d.source_id, d.version_id, d.tenant, date_trunc('second', now()), count(*)
+  from done d group by 1, 2, 3;
   return null;
 end
 $$;
@@ -167,12 +203,13 @@ comment on function regen.tg_embeddings__settle() is
   'Locks the items of the vectors a statement stored, drops vectors of rows gone meanwhile, moves vectors to their row''s tenant, '
   'and marks items current once all their chunk vectors are stored';
 
+
 -- The last error of a rebuild: any refusal but a stale one (a stale write is the normal race with an edit).
 create or replace view regen.rebuild_progress as
   with rate as (
     select p.source_id, p.version_id, sum(p.items)::numeric / 5 as per_minute
     from regen._progress p
-    where p.minute >= date_trunc('minute', now()) - interval '5 minutes'
+    where p.at >= date_trunc('minute', now()) - interval '5 minutes'
     group by 1, 2
   ), last_error as (
     select distinct on (r.source, r.version) r.source, r.version, r.reason, r.at
@@ -240,205 +277,6 @@ $$;
 comment on function regen.report_error(text, text, text) is
   'Worker-facing: records a batch-level error (provider unavailable, missing key) for regen.rebuild_progress';
 
--- The generated capture function of sql/0012, now enqueueing only new rows and changed texts.
--- Set-based, one call per statement, static SQL. It evaluates the
--- source's expressions once, without writing, inside a block; if any row makes them raise, it
--- evaluates row by row and records each such row as a failed item with the error: the
--- application's write goes through. (The block is a subtransaction that writes nothing, so it takes
--- no transaction id of its own.) It acts only when fired by its own table.
-create or replace function regen._capture_function(s regen._sources)
-returns void
-language plpgsql volatile
-as $$
-declare
-  v_fn text := format('regen.%I', 'tg_' || s.name || '__capture');
-  v_alias text := (select c.relname from pg_class c where c.oid = s.relation);
-  v_old_ids text;
-begin
-  v_old_ids := format('select (%I.%I)::text as row_id from old_rows as %I', v_alias, s.id_column, v_alias);
-  execute format($f$
-    create or replace function %1$s() returns trigger
-    language plpgsql security definer set search_path = %2$s set jit = off
-    as $body$
-    declare
-      v_ids text[] := '{}';
-      v_tenants text[] := '{}';
-      v_priorities float8[] := '{}';
-      v_hashes bytea[] := '{}';
-      v_bad_ids text[] := '{}';
-      v_bad_tenants text[] := '{}';
-      v_bad_errors text[] := '{}';
-      v_versions integer[];
-      v_row %3$s%%rowtype;
-      v_one record;
-      v_enqueued bigint;
-    begin
-      -- Generated for one table: fired by any other (a copy, a temporary table) it refuses to act.
-      -- A restore gives the table a new oid; the source row then names it.
-      if tg_relid <> %4$s::oid
-         and not exists (select 1 from regen._sources s where s.id = %5$s and s.relation = tg_relid) then
-        raise exception 'capture function %%.%% belongs to source %%, not to table %%.%%',
-          'regen', %6$L, %7$L, tg_table_schema, tg_table_name
-          using errcode = 'RG017', hint = 'pgregen installs its own triggers: use regen.register_source()';
-      end if;
-
-      if tg_op = 'TRUNCATE' then
-        delete from regen._items where source_id = %5$s;
-        delete from regen._embeddings where source_id = %5$s;
-        return null;
-      end if;
-
-      if tg_op in ('INSERT', 'UPDATE') then
-        begin
-          select coalesce(array_agg(c.row_id), '{}'), coalesce(array_agg(c.tenant), '{}'),
-                 coalesce(array_agg(c.priority), '{}'), coalesce(array_agg(c.content_hash), '{}')
-            into v_ids, v_tenants, v_priorities, v_hashes
-            from (%8$s) c;
-        exception when others then
-          -- an expression raised on some row: find which, keep the others
-          v_ids := '{}'; v_tenants := '{}'; v_priorities := '{}'; v_hashes := '{}';
-          for v_row in select * from new_rows loop
-            begin
-              select c.row_id, c.tenant, c.priority, c.content_hash into v_one from (%9$s) c;
-              if found then
-                v_ids := v_ids || v_one.row_id; v_tenants := v_tenants || v_one.tenant;
-                v_priorities := v_priorities || v_one.priority; v_hashes := v_hashes || v_one.content_hash;
-              end if;
-            exception when others then
-              v_bad_ids := v_bad_ids || (v_row.%10$I)::text;
-              v_bad_errors := v_bad_errors || format('an expression of source %%s raised an error on this row: %%s', %7$L, sqlerrm);
-              begin
-                v_bad_tenants := v_bad_tenants || %11$s;
-              exception when others then
-                v_bad_tenants := v_bad_tenants || null::text;   -- the tenant itself does not compute
-              end;
-            end;
-          end loop;
-        end;
-      end if;
-
-      if tg_op in ('UPDATE', 'DELETE') then
-        v_versions := array(select sv.version_id from regen._source_versions sv where sv.source_id = %5$s);
-      end if;
-
-      if tg_op = 'DELETE' then
-        -- items first, then vectors, in two statements (see UPDATE)
-        delete from regen._items it using (%12$s) gone
-        where it.source_id = %5$s and it.version_id = any(v_versions) and it.row_id = gone.row_id;
-        delete from regen._embeddings e using (%12$s) gone
-        where e.version_id = any(v_versions) and e.source_id = %5$s and e.row_id = gone.row_id;
-        return null;
-      end if;
-
-      if tg_op = 'UPDATE' then
-        -- rows that left the source (id changed, filtered out, text now null) lose items and vectors.
-        -- Two statements: deleting the items waits for a worker's write_embeddings that holds them,
-        -- and only a statement started after that sees (and deletes) the vectors it wrote.
-        if exists (select o.row_id from (%12$s) o except select unnest(v_ids || v_bad_ids)) then
-          delete from regen._items it
-          using (select o.row_id from (%12$s) o except select unnest(v_ids || v_bad_ids)) gone(row_id)
-          where it.source_id = %5$s and it.version_id = any(v_versions) and it.row_id = gone.row_id;
-          delete from regen._embeddings e
-          using (select o.row_id from (%12$s) o except select unnest(v_ids || v_bad_ids)) gone(row_id)
-          where e.version_id = any(v_versions) and e.source_id = %5$s and e.row_id = gone.row_id;
-        end if;
-      end if;
-
-      -- The upsert, then fresh edits go to the queue at once: new rows and rows whose text changed,
-      -- nothing else. A change of priority or tenant alone updates the item and leaves its place in
-      -- the queue (and its band) as it was. `before` reads the items as the statement found them.
-      if cardinality(v_ids) > 0 then
-        with before as materialized (
-          select it.version_id, it.row_id, it.content_hash
-          from regen._items it
-          where it.source_id = %5$s and it.row_id = any(v_ids)
-            and it.version_id in (select sv.version_id from regen._source_versions sv where sv.source_id = %5$s)
-        ), up as (
-          insert into regen._items as it (source_id, version_id, row_id, tenant, priority, content_hash)
-          select %5$s, sv.version_id, c.row_id, c.tenant, c.priority, c.content_hash
-          from unnest(v_ids, v_tenants, v_priorities, v_hashes) as c(row_id, tenant, priority, content_hash)
-          cross join regen._source_versions sv
-          where sv.source_id = %5$s
-          order by sv.version_id, c.row_id   -- the order the worker locks items in: no deadlock between the two
-          on conflict (source_id, version_id, row_id) do update
-            set tenant = excluded.tenant, priority = excluded.priority,
-                content_hash = excluded.content_hash, changed_at = now()
-            where (it.tenant, it.priority, it.content_hash)
-                  is distinct from (excluded.tenant, excluded.priority, excluded.content_hash)
-          returning it.version_id, it.row_id, it.content_hash)
-        select regen._enqueue(%5$s, null, coalesce(array_agg(distinct up.row_id), '{}'), true) into v_enqueued
-        from up left join before b on b.version_id = up.version_id and b.row_id = up.row_id
-        where b.content_hash is distinct from up.content_hash;
-      end if;
-
-      -- rows an expression raised on: failed items, with the error (regen.failed_items); a later edit
-      -- that the expressions accept makes them ordinary items again
-      if cardinality(v_bad_ids) > 0 then
-        insert into regen._items as it (source_id, version_id, row_id, tenant, priority, content_hash, failed_hash, last_error, attempts)
-        select %5$s, sv.version_id, b.row_id, b.tenant, 0, h.hash, h.hash, b.error, 1
-        from unnest(v_bad_ids, v_bad_tenants, v_bad_errors) as b(row_id, tenant, error)
-        cross join lateral (select sha256(convert_to('pgregen: expression error: ' || b.error, 'UTF8')) as hash) h
-        cross join regen._source_versions sv
-        where sv.source_id = %5$s
-        order by sv.version_id, b.row_id
-        on conflict (source_id, version_id, row_id) do update
-          set tenant = excluded.tenant, content_hash = excluded.content_hash, failed_hash = excluded.failed_hash,
-              last_error = excluded.last_error, attempts = it.attempts + 1, queue_job = null, changed_at = now()
-          where it.content_hash is distinct from excluded.content_hash or it.tenant is distinct from excluded.tenant;
-      end if;
-
-      -- a row that moved to another tenant moves its vectors with it
-      if tg_op = 'UPDATE' then
-        if %13$s then
-          update regen._embeddings e set tenant = it.tenant
-          from regen._items it
-          where it.source_id = %5$s and it.version_id = any(v_versions) and it.row_id = any(v_ids || v_bad_ids)
-            and e.version_id = it.version_id and e.source_id = it.source_id and e.row_id = it.row_id
-            and e.tenant is distinct from it.tenant;
-        end if;
-      end if;
-      return null;
-    end
-    $body$ $f$,
-    v_fn,                                                         -- 1
-    s.expression_search_path,                                     -- 2
-    s.relation::regclass::text,                                   -- 3 (for %rowtype)
-    s.relation::oid,                                              -- 4
-    s.id,                                                         -- 5
-    'tg_' || s.name || '__capture',                               -- 6
-    s.name,                                                       -- 7
-    regen._capture_select(s, 'new_rows'),                         -- 8
-    regen._capture_select(s, '(select (v_row).*)'),               -- 9
-    s.id_column,                                                  -- 10
-    case when s.tenant_column is null then 'null::text'
-         else format('(v_row.%I)::text', s.tenant_column) end,    -- 11
-    v_old_ids,                                                    -- 12
-    -- whether a row's tenant may have changed (always false without a tenant column): a (row, tenant)
-    -- pair that was not there before. EXCEPT hashes both sides; a join of the transition tables,
-    -- which have no statistics, was planned as a nested loop, quadratic in the rows of the statement.
-    case when s.tenant_column is null then 'false'
-         else format('exists (select (n.%1$I)::text, (n.%2$I)::text from new_rows n except select (o.%1$I)::text, (o.%2$I)::text from old_rows o)',
-                     s.id_column, s.tenant_column) end);          -- 13
-  execute format('comment on function %s() is %L', v_fn,
-                 format('pgregen change capture for source %s, table %s (generated by regen.register_source)', s.name, s.relation));
-  -- Generated functions are the owner's alone (PostgreSQL grants EXECUTE to PUBLIC on every new
-  -- function): nobody else may attach this SECURITY DEFINER function to a table of theirs.
-  execute format('revoke all on function %s() from public', v_fn);
-end
-$$;
-comment on function regen._capture_function(regen._sources) is
-  'Generates (or regenerates) a source''s capture trigger function; executable by its owner only';
-
--- Sources registered before this file get the new capture function (same triggers).
-do $$
-declare
-  v regen._sources;
-begin
-  for v in select * from regen._sources loop
-    perform regen._capture_function(v);
-  end loop;
-end
-$$;
 
 select regen._pin_search_paths();
 select regen._refresh_grants();

@@ -185,10 +185,10 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
         // Functions are executable by the roles pgregen grants, not by PUBLIC, whichever file made them;
         // admin roles get what the new files added.
         await client.query('revoke execute on all functions in schema regen from public');
-        await client.query(`select regen._refresh_grants() where to_regprocedure('regen._refresh_grants()') is not null`);
+        await callIfPresent(client, 'regen._refresh_grants()');
         // Functions that name pgvector's types and functions find them in pgvector's schema, wherever
         // it is now (after alter extension vector set schema, too) and whatever the caller's search_path.
-        await client.query(`select regen._pin_search_paths() where to_regprocedure('regen._pin_search_paths()') is not null`);
+        await callIfPresent(client, 'regen._pin_search_paths()');
       } catch (err) {
         throw new PgregenError(`installing the schema failed: ${(err as Error).message}`,
           'nothing of the failed migration was kept; fix the cause and run pgregen install again');
@@ -224,6 +224,12 @@ async function installQueue(client: pg.Client, log: (line: string) => void): Pro
   boss.on('error', (err: Error) => log(`pg-boss: ${err.message}`));
   await boss.start();
   await boss.stop({ graceful: false, close: false });
+}
+
+/** Runs a housekeeping function of the schema, when the migrations applied define it. */
+async function callIfPresent(client: pg.Client, signature: string): Promise<void> {
+  const { rows: [row] } = await client.query<{ present: boolean }>('select to_regprocedure($1) is not null as present', [signature]);
+  if (row?.present) await client.query(`select ${signature}`);   // a constant of this file, not input
 }
 
 async function appliedNames(client: pg.Client): Promise<string[]> {

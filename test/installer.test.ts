@@ -106,6 +106,41 @@ describe('install', () => {
     await pool.end();
   });
 
+  it('upgrades a database installed with the first eleven migrations: sources, grants and capture carry over', async () => {
+    const { url, pool } = await emptyDatabase();
+    const dir = await mkdtemp(join(tmpdir(), 'pgregen-sql-'));
+    const roles = [`pgregen_up_app_${randomBytes(3).toString('hex')}`, `pgregen_up_admin_${randomBytes(3).toString('hex')}`];
+    try {
+      // the schema as a database had it before the generated functions were made private (0012 on)
+      for (const file of (await readdir(SQL_DIR)).filter((f) => /^00(0\d|1[01])_/.test(f))) await cp(join(SQL_DIR, file), join(dir, file));
+      expect((await install({ connectionString: url, migrationsDir: dir })).applied).toHaveLength(11);
+      await pool.query(`select regen.create_version('up@1', 'm', 4)`);
+      await pool.query(`create table notes (id int primary key, body text not null)`);
+      await pool.query(`insert into notes select g, 'note ' || g from generate_series(1, 20) g`);
+      await pool.query(`select regen.register_source('notes', 'notes', 'id', 'body', version => 'up@1')`);
+      for (const role of roles) await pool.query(`create role ${role} login`);
+      await pool.query(`select regen.grant_app($1), regen.grant_admin($2)`, roles);
+      const publicCapture = () => pool.query<{ n: number }>(`select count(*)::int as n from pg_proc p where p.pronamespace = 'regen'::regnamespace
+                                       and exists (select 1 from aclexplode(coalesce(p.proacl, acldefault('f', p.proowner))) a where a.grantee = 0)`);
+      expect((await publicCapture()).rows[0]!.n).toBe(1);   // the generated capture function: the hole the upgrade closes
+
+      expect((await install({ connectionString: url })).applied).toEqual(ALL.slice(11));
+      expect((await publicCapture()).rows[0]!.n).toBe(0);
+      // the admin role has what the new files added, the source captures as the new code does
+      const can = await pool.query(`select has_function_privilege($1, 'regen.recover()', 'execute') as ok`, [roles[1]]);
+      expect(can.rows[0].ok).toBe(true);
+      await pool.query(`update notes set body = 'edited' where id = 1`);
+      expect((await pool.query(`select count(*)::int as n from regen._items where fresh`)).rows[0].n).toBe(1);
+      expect((await pool.query(`select missing::int from regen.embedding_gap where source = 'notes'`)).rows[0].missing).toBe(20);
+    } finally {
+      await pool.query(`select regen.unregister_source('notes')`).catch(() => {});
+      for (const role of roles) await pool.query(`drop owned by ${role}`).catch(() => {});
+      await pool.end();
+      for (const role of roles) await admin.query(`drop role if exists ${role}`).catch(() => {});
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+
   it('says what to do when the database cannot be reached', async () => {
     await expect(install({ connectionString: 'postgres://nobody@127.0.0.1:1/nothing' }))
       .rejects.toMatchObject({ message: expect.stringMatching(/^cannot connect to the database at 127.0.0.1:1\/nothing: /), hint: expect.stringMatching(/DATABASE_URL/) });

@@ -1,10 +1,22 @@
--- Fresh edits are enqueued outside the application's transaction (issue 13): the capture trigger
--- only marks the items of new rows and changed texts `fresh`, and regen.enqueue_fresh(), which the
--- worker calls every REGEN_ENQUEUE_INTERVAL_MS (250 ms by default), puts them into pg-boss,
--- set-based: an application's write no longer inserts queue jobs, and a steady stream of edits
--- becomes one job per version and interval (up to 64 rows) instead of one job per edit.
+-- The change capture, as the independent review and the production-load findings left it
+-- (issues 11 and 13). A source's generated trigger function
+--   * is executable by its owner only (PostgreSQL grants EXECUTE to PUBLIC on every new function,
+--     and the install-time revoke covers only the functions that exist then), so no role can attach
+--     this SECURITY DEFINER function to a table of its own;
+--   * acts only when fired by the table it was generated for (RG017 otherwise);
+--   * evaluates the source's expressions once per statement, without writing, and when one raises
+--     on a row, evaluates row by row and records each such row as a failed item with the error: the
+--     application's write goes through;
+--   * deletes by the source's versions, so a DELETE probes the primary keys instead of scanning the
+--     source's items;
+--   * no longer enqueues: it marks the items of new rows and changed texts `fresh`, and
+--     regen.enqueue_fresh(), which the worker calls every REGEN_ENQUEUE_INTERVAL_MS (250 ms by
+--     default), puts them into pg-boss, set-based, outside the application's transaction. A steady
+--     stream of edits becomes one job per version and interval (up to 64 rows), not one job per
+--     edit; a change of priority or tenant alone enqueues nothing.
 --
--- Error codes of this file: none new.
+-- Error codes of this file: RG017 capture function fired by a table it was not generated for,
+-- RG003 (reused) invalid max_items.
 
 alter table regen._items add column fresh boolean not null default false;
 comment on column regen._items.fresh is 'New row or changed text that regen.enqueue_fresh() has yet to enqueue';
@@ -59,13 +71,12 @@ comment on function regen.enqueue_fresh(integer) is
   'Enqueues the fresh edits (new rows, changed texts) that the capture triggers marked, as fresh jobs ahead of backfill; '
   'returns the items enqueued. The worker calls it every REGEN_ENQUEUE_INTERVAL_MS; safe to call from anywhere.';
 
--- The generated capture function of sql/0016, now leaving the enqueueing to regen.enqueue_fresh().
--- Set-based, one call per statement, static SQL. It evaluates the
+-- The generated capture function: set-based, one call per statement, static SQL. It evaluates the
 -- source's expressions once, without writing, inside a block; if any row makes them raise, it
 -- evaluates row by row and records each such row as a failed item with the error: the
 -- application's write goes through. (The block is a subtransaction that writes nothing, so it takes
 -- no transaction id of its own.) It acts only when fired by its own table.
-create or replace function regen._capture_function(s regen._sources)
+create function regen._capture_function(s regen._sources)
 returns void
 language plpgsql volatile
 as $$
@@ -239,7 +250,31 @@ $$;
 comment on function regen._capture_function(regen._sources) is
   'Generates (or regenerates) a source''s capture trigger function; executable by its owner only';
 
--- The rebuild button of sql/0012, now putting marked fresh edits into their fresh jobs first.
+create or replace function regen._install_capture(s regen._sources)
+returns void
+language plpgsql volatile
+as $$
+declare
+  v_fn text := format('regen.%I', 'tg_' || s.name || '__capture');
+begin
+  perform regen._capture_function(s);
+  -- One trigger per event: transition tables allow only one event per trigger.
+  execute format('create trigger %I after insert on %s referencing new table as new_rows for each statement execute function %s()',
+                 'regen_' || s.name || '_insert', s.relation, v_fn);
+  execute format('create trigger %I after update on %s referencing old table as old_rows new table as new_rows for each statement execute function %s()',
+                 'regen_' || s.name || '_update', s.relation, v_fn);
+  execute format('create trigger %I after delete on %s referencing old table as old_rows for each statement execute function %s()',
+                 'regen_' || s.name || '_delete', s.relation, v_fn);
+  execute format('create trigger %I after truncate on %s for each statement execute function %s()',
+                 'regen_' || s.name || '_truncate', s.relation, v_fn);
+end
+$$;
+comment on function regen._install_capture(regen._sources) is 'Generates a source''s capture trigger function and its four triggers';
+
+
+-- The rebuild button of sql/0007, now reconciling a store that changed behind pgregen's back (a
+-- restore without the vectors leaves items that claim them), putting the fresh edits the capture
+-- marked into their fresh jobs, and clearing the losses it enqueues again.
 create or replace function regen.rebuild(
   source text default null,
   version text default null,
