@@ -479,6 +479,10 @@ declare
   v_old_path text := current_setting('search_path');
   v_error text;
 begin
+  if to_regclass(format('pg_temp.%I', alias)) is not null then
+    raise exception 'cannot check the % here: this session has a temporary table named %', what, quote_ident(alias)
+      using errcode = 'RG016', hint = 'the check compiles the expression on an empty temporary copy of the table: register from a session without that temporary table';
+  end if;
   perform set_config('search_path', search_path, true);
   begin
     execute format('create temporary table %I (like %s)', alias, relation);

@@ -52,6 +52,18 @@ describe('expressions that are not immutable are refused', () => {
     expect((await db.query(`select count(*)::int as n from pg_trigger where tgrelid = 'docs'::regclass`)).rows[0].n).toBe(0);
   });
 
+  it('says so when the session has a temporary table of the same name, which the check needs', async () => {
+    const client = await db.pool.connect();
+    try {
+      await client.query(`create temporary table docs (x int)`);
+      await expect(client.query(`select regen.register_source('docs', 'public.docs', 'id', 'title', version => 'test@1')`)).rejects.toMatchObject({
+        code: 'RG016', message: 'cannot check the content expression here: this session has a temporary table named docs' });
+    } finally {
+      await client.query('drop table if exists pg_temp.docs');
+      client.release();
+    }
+  });
+
   it('a subquery is refused: the row alone must give the text', async () => {
     await expect(register({ content: `(select max(title) from docs)` })).rejects.toMatchObject({ code: 'RG016' });
   });
