@@ -34,8 +34,6 @@ create table regen._store_identity (
   filenode oid not null,
   verified_at timestamptz not null default now()
 );
-insert into regen._store_identity (table_oid, filenode)
-values ('regen._embeddings'::regclass, pg_relation_filenode('regen._embeddings'::regclass));
 
 -- Sources and versions that lost vectors (truncate, a delete by hand, a reconcile that found them
 -- gone) and are not yet enqueued again: regen.recover() enqueues them, regen.rebuild() clears them.
@@ -49,17 +47,34 @@ create table regen._losses (
 -- Times a row's text differed from its captured hash when the worker read it (see prepare_inputs).
 alter table regen._items add column drifts smallint not null default 0;
 
+-- The one place that compares the store with its recorded identity. A view, not a function: the gap
+-- views read it with their owner's rights, and application roles execute only what grant_app gives.
+create view regen._store_state as
+  select exists (select 1 from regen._store_identity i
+                 where i.table_oid = 'regen._embeddings'::regclass
+                   and i.filenode = pg_relation_filenode('regen._embeddings'::regclass)) as verified;
+comment on view regen._store_state is
+  'One row: whether the store is the table and file the bookkeeping last reconciled with';
+
 create function regen._store_verified()
 returns boolean
 language sql stable parallel safe
-as $$
-  select exists (select 1 from regen._store_identity i
-                 where i.table_oid = 'regen._embeddings'::regclass
-                   and i.filenode = pg_relation_filenode('regen._embeddings'::regclass))
-$$;
+as $$ select s.verified from regen._store_state s $$;
 comment on function regen._store_verified() is
   'True while the store is the table and file the bookkeeping last reconciled with (false after a restore, '
   'a truncate without its trigger, VACUUM FULL or CLUSTER, until regen.reconcile())';
+
+-- The store as it is now becomes the one the bookkeeping agrees with (after a reconcile, a truncate).
+create function regen._record_store_identity()
+returns void
+language sql volatile
+as $$
+  insert into regen._store_identity as i (singleton, table_oid, filenode, verified_at)
+  values (true, 'regen._embeddings'::regclass, pg_relation_filenode('regen._embeddings'::regclass), now())
+  on conflict (singleton) do update set table_oid = excluded.table_oid, filenode = excluded.filenode, verified_at = now()
+$$;
+comment on function regen._record_store_identity() is 'Records the store''s current table and file as the verified ones';
+select regen._record_store_identity();   -- the store as this file finds it: its items agree with it
 
 create function regen._setting(name text, fallback text)
 returns text
@@ -89,20 +104,16 @@ comment on function regen.set_auto_recover(boolean) is
 -- Verified (the normal case): the counters, as before. Not verified: every item is judged against
 -- the store itself, so no vector is claimed that is not there; slower (one probe per item) until
 -- regen.reconcile() runs, which the worker, regen.rebuild() and regen.recover() do by themselves.
--- Everything is inlined SQL: application roles read the gap and execute only what grant_app gives.
+-- No function calls: application roles read the gap and execute only what grant_app gives.
 
 create or replace view regen._gap_totals as
   select source_id, version_id, tenant, state, queued, sum(n)::bigint as n
   from (
     select c.source_id, c.version_id, c.tenant, c.state, c.queued, c.n from regen._gap_counts c
-    where exists (select 1 from regen._store_identity i
-                  where i.table_oid = 'regen._embeddings'::regclass
-                    and i.filenode = pg_relation_filenode('regen._embeddings'::regclass))
+    where (select s.verified from regen._store_state s)
     union all
     select d.source_id, d.version_id, d.tenant, d.state, d.queued, d.n from regen._gap_deltas d
-    where exists (select 1 from regen._store_identity i
-                  where i.table_oid = 'regen._embeddings'::regclass
-                    and i.filenode = pg_relation_filenode('regen._embeddings'::regclass))
+    where (select s.verified from regen._store_state s)
     union all
     select it.source_id, it.version_id, it.tenant,
            case
@@ -126,9 +137,7 @@ create or replace view regen._gap_totals as
                join regen._embeddings e on e.version_id = o.version_id and e.source_id = o.source_id and e.row_id = it.row_id
                where o.source_id = it.source_id and o.version_id <> it.version_id) as legacy
     ) held
-    where not exists (select 1 from regen._store_identity i
-                      where i.table_oid = 'regen._embeddings'::regclass
-                        and i.filenode = pg_relation_filenode('regen._embeddings'::regclass))
+    where not (select s.verified from regen._store_state s)
   ) c
   group by 1, 2, 3, 4, 5;
 comment on view regen._gap_totals is
@@ -149,9 +158,7 @@ create or replace view regen.embedding_gap as
          coalesce(sum(t.n) filter (where t.queued and t.state <> 'current'), 0)::bigint as queued,
          round(coalesce(coalesce(sum(t.n) filter (where t.state = 'current'), 0)::numeric / nullif(sum(t.n), 0), 1), 4) as coverage,
          coalesce(coalesce(sum(t.n) filter (where t.state = 'current'), 0)::numeric / nullif(sum(t.n), 0), 1) >= 0.995 as cutover_ready,
-         exists (select 1 from regen._store_identity i
-                 where i.table_oid = 'regen._embeddings'::regclass
-                   and i.filenode = pg_relation_filenode('regen._embeddings'::regclass)) as store_verified
+         (select st.verified from regen._store_state st) as store_verified
   from regen._source_versions sv
   join regen._sources s on s.id = sv.source_id
   join regen._versions v on v.id = sv.version_id
@@ -253,9 +260,7 @@ begin
   end loop;
 
   perform regen._correct_gap_counts();
-  insert into regen._store_identity as i (singleton, table_oid, filenode, verified_at)
-  values (true, 'regen._embeddings'::regclass, pg_relation_filenode('regen._embeddings'::regclass), now())
-  on conflict (singleton) do update set table_oid = excluded.table_oid, filenode = excluded.filenode, verified_at = now();
+  perform regen._record_store_identity();
 end
 $$;
 comment on function regen.reconcile() is
@@ -303,10 +308,7 @@ begin
   insert into regen._losses (source_id, version_id, items)
   select it.source_id, it.version_id, count(*) from regen._items it group by 1, 2;
   -- the items now say exactly what the (empty) store holds
-  insert into regen._store_identity as i (singleton, table_oid, filenode, verified_at)
-  values (true, 'regen._embeddings'::regclass, pg_relation_filenode('regen._embeddings'::regclass), now())
-  on conflict (singleton) do update set table_oid = excluded.table_oid, filenode = excluded.filenode, verified_at = now();
-  perform pg_notify('regen_recover', 'truncate');
+  perform regen._record_store_identity();
   return null;
 end
 $$;

@@ -99,6 +99,7 @@ begin
       v_bad_tenants text[] := '{}';
       v_bad_errors text[] := '{}';
       v_versions integer[];
+      v_gone text[];
       v_row %3$s%%rowtype;
       v_one record;
     begin
@@ -146,11 +147,8 @@ begin
         end;
       end if;
 
-      if tg_op in ('UPDATE', 'DELETE') then
-        v_versions := array(select sv.version_id from regen._source_versions sv where sv.source_id = %5$s);
-      end if;
-
       if tg_op = 'DELETE' then
+        v_versions := array(select sv.version_id from regen._source_versions sv where sv.source_id = %5$s);
         -- items first, then vectors, in two statements (see UPDATE)
         delete from regen._items it using (%12$s) gone
         where it.source_id = %5$s and it.version_id = any(v_versions) and it.row_id = gone.row_id;
@@ -163,13 +161,13 @@ begin
         -- rows that left the source (id changed, filtered out, text now null) lose items and vectors.
         -- Two statements: deleting the items waits for a worker's write_embeddings that holds them,
         -- and only a statement started after that sees (and deletes) the vectors it wrote.
-        if exists (select o.row_id from (%12$s) o except select unnest(v_ids || v_bad_ids)) then
+        v_gone := array(select o.row_id from (%12$s) o except select unnest(v_ids || v_bad_ids));
+        if cardinality(v_gone) > 0 then
+          v_versions := array(select sv.version_id from regen._source_versions sv where sv.source_id = %5$s);
           delete from regen._items it
-          using (select o.row_id from (%12$s) o except select unnest(v_ids || v_bad_ids)) gone(row_id)
-          where it.source_id = %5$s and it.version_id = any(v_versions) and it.row_id = gone.row_id;
+          where it.source_id = %5$s and it.version_id = any(v_versions) and it.row_id = any(v_gone);
           delete from regen._embeddings e
-          using (select o.row_id from (%12$s) o except select unnest(v_ids || v_bad_ids)) gone(row_id)
-          where e.version_id = any(v_versions) and e.source_id = %5$s and e.row_id = gone.row_id;
+          where e.version_id = any(v_versions) and e.source_id = %5$s and e.row_id = any(v_gone);
         end if;
       end if;
 
@@ -211,6 +209,7 @@ begin
       -- a row that moved to another tenant moves its vectors with it
       if tg_op = 'UPDATE' then
         if %13$s then
+          v_versions := coalesce(v_versions, array(select sv.version_id from regen._source_versions sv where sv.source_id = %5$s));
           update regen._embeddings e set tenant = it.tenant
           from regen._items it
           where it.source_id = %5$s and it.version_id = any(v_versions) and it.row_id = any(v_ids || v_bad_ids)
