@@ -5,7 +5,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cutover, retire, startMigration } from '../src/migrate.ts';
 import { freshDatabase, keepOnFailure, type TestDatabase } from './support/db.ts';
-import { allRowIds, DIMS, embedRows, gap, setupArticles } from './support/fixtures.ts';
+import { allRowIds, applyChanges, DIMS, embedRows, gap, setupArticles } from './support/fixtures.ts';
 import { createRole, inTransaction, type TestRole } from './support/search.ts';
 
 const db: TestDatabase = await freshDatabase();
@@ -89,6 +89,7 @@ describe('the generated capture function', () => {
 
   it('still captures the table it was made for', async () => {
     await db.query(`update articles set tenant = 'tenant_0' where id = 1`);
+    expect(await applyChanges(db)).toBe(1);
     expect((await vectorsByTenant()).tenant_0).toBe(11);
     await db.query(`update articles set tenant = 'tenant_1' where id = 1`);
   });

@@ -2,7 +2,7 @@
 // DML kind, and bad input that must leave nothing behind.
 import { beforeEach, describe, expect, it } from 'vitest';
 import { freshDatabase, keepOnFailure, type TestDatabase } from './support/db.ts';
-import { allRowIds, embedRows, gap, setupArticles, sha256 } from './support/fixtures.ts';
+import { allRowIds, applyChanges, embedRows, gap, setupArticles, sha256 } from './support/fixtures.ts';
 
 const db: TestDatabase = await freshDatabase();
 keepOnFailure(db);
@@ -69,8 +69,12 @@ describe('change capture', () => {
     await db.query(`update articles set views = views + 1000`);
     await db.query(`update articles set title = title where id = 3`);   // same text
     expect(await gap(db)).toMatchObject({ current: 30, stale: 0 });
+    // the columns the source reads changed on 30 rows (views, the priority) and on none (title = title)
+    expect(await applyChanges(db)).toBe(30);
     expect((await item('3')).priority).toBe(1003);
     await db.query(`update articles set body = 'edited' where id in (3, 4)`);
+    expect(await gap(db)).toMatchObject({ current: 28, stale: 2 });   // exact before the log is applied
+    await applyChanges(db);
     expect(await gap(db)).toMatchObject({ current: 28, stale: 2 });
     expect((await item('3')).content_hash).toEqual(sha256('Title 3\n\nedited'));
   });
@@ -81,6 +85,7 @@ describe('change capture', () => {
     const queueJob = async (id: string) => (await db.query(`select queue_job from regen._items where row_id = $1`, [id])).rows[0].queue_job;
     await db.query(`delete from pgboss.job where name like 'regen\\_embed\\_v%'`);
     await db.query(`update articles set body = 'edited' where id in (1, 2)`);   // stale now
+    await applyChanges(db);
     await db.query(`update regen._items set queue_job = null, fresh = false`);  // and out of the queue
     await db.query(`delete from pgboss.job where name like 'regen\\_embed\\_v%'`);
     await db.query(`select * from regen.rebuild()`);                            // backfill: rows 1 and 2
@@ -89,6 +94,7 @@ describe('change capture', () => {
     // a view count refresh and a tenant move of waiting and of current rows: no new job, same job
     await db.query(`update articles set views = views + 5000 where id in (1, 7)`);
     await db.query(`update articles set tenant = 'tenant_x' where id in (2, 8)`);
+    await applyChanges(db);
     expect(await jobs()).toEqual([{ fresh: 'false', n: 1 }]);
     expect(await queueJob('1')).toBe(waiting);
     expect(await queueJob('7')).toBeNull();
@@ -97,8 +103,11 @@ describe('change capture', () => {
     // a text edit and an insert are fresh edits
     await db.query(`update articles set body = 'edited again' where id = 7`);
     await db.query(`insert into articles (id, tenant, title, body) values (500, 'tenant_0', 'New', 'x')`);
-    // marked in the application's transaction, enqueued outside it (the worker calls enqueue_fresh)
+    // logged in the application's transaction, marked fresh and enqueued outside it (the worker calls
+    // enqueue_fresh, which applies the log first)
     expect(await jobs()).toEqual([{ fresh: 'false', n: 1 }]);
+    expect((await db.query(`select row_id from regen._items where fresh order by row_id`)).rows).toEqual([]);
+    expect(await applyChanges(db)).toBe(2);
     expect((await db.query(`select row_id from regen._items where fresh order by row_id`)).rows.map((r) => r.row_id)).toEqual(['500', '7']);
     expect((await db.query(`select regen.enqueue_fresh() as n`)).rows[0].n).toBe('2');
     expect(await jobs()).toEqual([{ fresh: 'false', n: 1 }, { fresh: 'true', n: 1 }]);   // one job for both edits
@@ -107,6 +116,8 @@ describe('change capture', () => {
 
   it('UPDATE of the id moves the item, and its old vectors go', async () => {
     await db.query(`update articles set id = 1000 where id = 5`);
+    expect(await gap(db)).toMatchObject({ expected: 30, current: 29, missing: 1 });   // exact before the log is applied
+    await applyChanges(db);
     expect(await item('5')).toBeUndefined();
     expect((await item('1000')).state).toBe('missing');
     const vectors = await db.query(`select count(*)::int as n from regen._embeddings where row_id = '5'`);
@@ -116,6 +127,7 @@ describe('change capture', () => {
 
   it('UPDATE of the tenant moves the stored vectors to the new tenant', async () => {
     await db.query(`update articles set tenant = 'tenant_x' where id = 6`);
+    await applyChanges(db);
     const { rows } = await db.query(`select distinct tenant from regen._embeddings where row_id = '6'`);
     expect(rows).toEqual([{ tenant: 'tenant_x' }]);
     expect((await item('6')).state).toBe('current');
@@ -124,6 +136,8 @@ describe('change capture', () => {
   it('UPDATE that nulls the text removes the row from the gap', async () => {
     await db.query(`alter table articles alter column title drop not null`);
     await db.query(`update articles set title = null where id = 8`);
+    expect((await gap(db)).expected).toBe(29);   // exact before the log is applied
+    await applyChanges(db);
     expect(await item('8')).toBeUndefined();
     expect((await gap(db)).expected).toBe(29);
   });
@@ -131,6 +145,7 @@ describe('change capture', () => {
   it('DELETE removes items and vectors; the vectors stay in the cache', async () => {
     await db.query(`delete from articles where id between 1 and 10`);
     expect(await gap(db)).toMatchObject({ expected: 20, current: 20 });
+    await applyChanges(db);
     const left = await db.query(`select count(*)::int as n from regen._embeddings where row_id::int <= 10`);
     expect(left.rows[0].n).toBe(0);
     expect((await db.query(`select count(*)::int as n from regen._cache`)).rows[0].n).toBe(10);
@@ -164,11 +179,15 @@ describe('change capture', () => {
       if (pick === 3) await embedRows(db, await allRowIds(db));
       if (pick === 4) await db.query(`select regen.compact_gap()`);
     }
+    // the gap is exact with changes still waiting in the log: it equals a count over the items once
+    // the log is applied
+    const view = await gap(db);
+    await applyChanges(db);
+    expect(await gap(db)).toEqual(view);
     const brute = await db.query(
       `select regen._state(content_hash, embedded_hash, failed_hash, has_legacy) as state, count(*)::int as n
          from regen._items group by 1`);
     const counted = Object.fromEntries(brute.rows.map((r) => [r.state, r.n]));
-    const view = await gap(db);
     expect(view.current).toBe(counted.current ?? 0);
     expect(view.stale).toBe(counted.stale ?? 0);
     expect(view.missing).toBe(counted.missing ?? 0);

@@ -47,6 +47,15 @@ export async function gap(db: Db, source = 'articles', version = 'test@1'): Prom
   return Object.fromEntries(Object.entries(row).map(([k, v]) => [k, Number(v)])) as Gap;
 }
 
+/**
+ * Folds the changes the capture triggers logged into the item states, as the worker does every
+ * REGEN_ENQUEUE_INTERVAL_MS (regen.apply_changes); returns the changes applied.
+ */
+export async function applyChanges(db: Db): Promise<number> {
+  const { rows } = await db.query<{ n: string }>('select regen.apply_changes() as n');
+  return Number(rows[0]!.n);
+}
+
 /** Embeds rows as the worker would: prepare inputs, make a vector per distinct text, write back. */
 export async function embedRows(db: Db, rowIds: string[], source = 'articles', version = 'test@1', dims = DIMS): Promise<{
   inputs: number; results: WriteResult[];
