@@ -1,40 +1,50 @@
--- The change log (issue 13): what a source's capture costs the application's writes is now what a
--- plain row trigger costs. The trigger only appends the changed row's key to regen._changes; the
--- work it did before (evaluating the expressions, hashing the text, upserting the items, deleting
--- the vectors of deleted rows, moving vectors with their tenant) happens set-based in
--- regen.apply_changes(), outside the application's transaction: the worker calls it every
+-- The change log (issue 13): what a source's capture costs the application's writes is close to
+-- what a plain row trigger costs. The trigger evaluates the source's expressions on the one row it
+-- fires for and appends the result (tenant, priority, hash of the text, or that the row left the
+-- source) to regen._changes; the expensive part it did before, in the application's transaction
+-- (upserting the items, which moves the gap counters, deleting the vectors of deleted rows, moving
+-- vectors with their tenant), happens set-based in regen.apply_changes(): the worker calls it every
 -- REGEN_ENQUEUE_INTERVAL_MS together with regen.enqueue_fresh(), and so do regen.rebuild() and
 -- regen.prepare_inputs() for the rows they take.
 --
--- Meanwhile nothing is claimed that does not hold: regen.embedding_gap judges the rows with a
--- pending change live (regen._pending_gap), so its counts stay exact at every commit.
+-- Meanwhile nothing is claimed that does not hold: regen.embedding_gap counts the rows with a
+-- logged change as the change left them, so its counts stay exact at every commit.
 --
 -- The triggers (one function per source, as before):
---   AFTER INSERT, FOR EACH ROW                     logs the new key
---   AFTER UPDATE OF <columns the source reads>     logs the key (and the old key when it changed),
---     FOR EACH ROW WHEN (one of them changed)      the old tenant, and whether the row's vectors must
---                                                  leave search at once (key or tenant changed)
---   AFTER DELETE, FOR EACH ROW                     logs the key, to leave search at once
+--   AFTER INSERT, FOR EACH ROW                     logs the row as the expressions see it
+--   AFTER UPDATE OF <columns the source reads>     the same (and the old key as gone, should the
+--     FOR EACH ROW WHEN (one of them changed)      key have changed)
+--   AFTER DELETE, FOR EACH ROW                     logs the key as gone
 --   AFTER TRUNCATE, FOR EACH STATEMENT             forgets the source's items, vectors and changes
 -- An UPDATE that changes no column the content, priority and filter expressions, the id or the
 -- tenant read fires nothing at all: PostgreSQL evaluates the WHEN clause without calling the
--- function.
+-- function. An expression that raises on the row is logged as the row's error (it becomes a
+-- failed item): the application's write goes through.
 --
 -- Error codes of this file: RG017 (as before) capture function fired by a table it was not
 -- generated for; RG003 (reused) invalid max_rows.
 
 create table regen._changes (
+  seq bigint generated always as identity,
   source_id integer not null,
   row_id text not null,
+  present boolean not null,
   tenant text,
-  hide boolean not null default false,
+  priority float8,
+  content_hash bytea,
+  error text,
+  old_tenant text,
   at timestamptz not null default now()
 );
 comment on table regen._changes is
   'Change log of the capture triggers: one row per inserted, updated (in a column the source reads) or deleted source row, '
-  'until regen.apply_changes() folds it into regen._items. No foreign key: the trigger''s insert stays one index entry.';
-comment on column regen._changes.tenant is 'The row''s tenant before the change (null for an insert)';
-comment on column regen._changes.hide is 'The row left its tenant (deleted, key or tenant changed): its vectors leave search results at once';
+  'as the source''s expressions saw it, until regen.apply_changes() folds it into regen._items. No foreign key and one '
+  'index: the trigger''s insert stays cheap.';
+comment on column regen._changes.seq is 'Order of the changes; for one row, the order they committed in (its row lock orders them)';
+comment on column regen._changes.present is 'Whether the row is in the source after the change (false: deleted, key changed, filtered out, text null)';
+comment on column regen._changes.content_hash is 'sha256 of the text to embed after the change';
+comment on column regen._changes.error is 'The error an expression raised on the row, which then becomes a failed item';
+comment on column regen._changes.old_tenant is 'The row''s tenant before the change (null for an insert)';
 comment on column regen._changes.at is 'When the change was made (the application''s transaction time)';
 create index _changes_row on regen._changes (source_id, row_id);
 
@@ -91,56 +101,79 @@ $$;
 comment on function regen._capture_relation_ok(integer, oid) is
   'Whether a capture function of the source may act for the table that fired it (the source''s table or one of its partitions)';
 
--- The generated capture function: static SQL, no expression of the source evaluated, one insert per
--- row (two when the key changed). It acts only when fired by its own table.
+-- The generated capture function: static SQL, one row evaluated, one insert per row (two when the
+-- key changed). It acts only when fired by its own table.
 create or replace function regen._capture_function(s regen._sources)
 returns void
 language plpgsql volatile
 as $$
 declare
   v_fn text := format('regen.%I', 'tg_' || s.name || '__capture');
-  v_tenant_old text := case when s.tenant_column is null then 'null' else format('(old.%I)::text', s.tenant_column) end;
-  v_moved text := case when s.tenant_column is null then 'false' else format('new.%1$I is distinct from old.%1$I', s.tenant_column) end;
+  v_old_tenant text := case when s.tenant_column is null then 'null' else format('(old.%I)::text', s.tenant_column) end;
+  v_new_tenant text := case when s.tenant_column is null then 'null' else format('(new.%I)::text', s.tenant_column) end;
 begin
   execute format($f$
     create or replace function %1$s() returns trigger
-    language plpgsql security definer set search_path = pg_catalog, pg_temp
+    language plpgsql security definer set search_path = %2$s
     as $body$
+    declare
+      v_one record;
+      v_error text;
+      v_tenant text;
     begin
       -- Generated for one table: fired by any other (a copy, a temporary table) it refuses to act.
-      if tg_relid <> %2$s::oid and not regen._capture_relation_ok(%3$s, tg_relid) then
+      if tg_relid <> %3$s::oid and not regen._capture_relation_ok(%4$s, tg_relid) then
         raise exception 'capture function %%.%% belongs to source %%, not to table %%.%%',
-          'regen', %4$L, %5$L, tg_table_schema, tg_table_name
+          'regen', %5$L, %6$L, tg_table_schema, tg_table_name
           using errcode = 'RG017', hint = 'pgregen installs its own triggers: use regen.register_source()';
       end if;
-      if tg_op = 'INSERT' then
-        insert into regen._changes (source_id, row_id) values (%3$s, (new.%6$I)::text);
-      elsif tg_op = 'UPDATE' then
-        insert into regen._changes (source_id, row_id, tenant, hide) values (%3$s, (new.%6$I)::text, %7$s, %8$s);
-        if new.%6$I is distinct from old.%6$I then
-          insert into regen._changes (source_id, row_id, tenant, hide) values (%3$s, (old.%6$I)::text, %7$s, true);
-        end if;
-      elsif tg_op = 'DELETE' then
-        insert into regen._changes (source_id, row_id, tenant, hide) values (%3$s, (old.%6$I)::text, %7$s, true);
+      if tg_op = 'DELETE' then
+        insert into regen._changes (source_id, row_id, present, old_tenant) values (%4$s, (old.%7$I)::text, false, %8$s);
+        return null;
+      elsif tg_op = 'TRUNCATE' then
+        -- a statement trigger: the rows are gone, and so is everything derived from them
+        delete from regen._changes where source_id = %4$s;
+        delete from regen._items where source_id = %4$s;
+        delete from regen._embeddings where source_id = %4$s;
+        return null;
+      elsif tg_op = 'UPDATE' and new.%7$I is distinct from old.%7$I then
+        insert into regen._changes (source_id, row_id, present, old_tenant) values (%4$s, (old.%7$I)::text, false, %8$s);
+      end if;
+      -- the row as the source's expressions see it: no row when it left the source
+      begin
+        select c.tenant, c.priority, c.content_hash into v_one from (%9$s) c;
+      exception when others then
+        v_error := format('an expression of source %%s raised an error on this row: %%s', %6$L, sqlerrm);
+        begin
+          v_tenant := %10$s;
+        exception when others then
+          v_tenant := null;   -- the tenant itself does not compute
+        end;
+      end;
+      if v_error is not null then
+        insert into regen._changes (source_id, row_id, present, tenant, error, old_tenant)
+        values (%4$s, (new.%7$I)::text, true, v_tenant, v_error, %11$s);
       else
-        -- TRUNCATE (a statement trigger): the rows are gone, and so is everything derived from them
-        delete from regen._changes where source_id = %3$s;
-        delete from regen._items where source_id = %3$s;
-        delete from regen._embeddings where source_id = %3$s;
+        insert into regen._changes (source_id, row_id, present, tenant, priority, content_hash, old_tenant)
+        values (%4$s, (new.%7$I)::text, v_one.content_hash is not null, v_one.tenant, v_one.priority, v_one.content_hash, %11$s);
       end if;
       return null;
     end
     $body$ $f$,
-    v_fn,                                 -- 1
-    s.relation::oid,                      -- 2
-    s.id,                                 -- 3
-    'tg_' || s.name || '__capture',       -- 4
-    s.name,                               -- 5
-    s.id_column,                          -- 6
-    v_tenant_old,                         -- 7
-    v_moved);                             -- 8
+    v_fn,                                                     -- 1
+    s.expression_search_path,                                 -- 2
+    s.relation::oid,                                          -- 3
+    s.id,                                                     -- 4
+    'tg_' || s.name || '__capture',                           -- 5
+    s.name,                                                   -- 6
+    s.id_column,                                              -- 7
+    v_old_tenant,                                             -- 8
+    regen._capture_select(s, '(select (new).*)'),             -- 9
+    v_new_tenant,                                             -- 10
+    case when s.tenant_column is null then 'null'
+         else format('case when tg_op = ''UPDATE'' then (old.%I)::text end', s.tenant_column) end);   -- 11
   execute format('comment on function %s() is %L', v_fn,
-                 format('pgregen change capture for source %s, table %s: logs changed keys into regen._changes (generated by regen.register_source)',
+                 format('pgregen change capture for source %s, table %s: logs each changed row into regen._changes (generated by regen.register_source)',
                         s.name, s.relation));
   -- Generated functions are the owner's alone (PostgreSQL grants EXECUTE to PUBLIC on every new
   -- function): nobody else may attach this SECURITY DEFINER function to a table of theirs.
@@ -203,154 +236,108 @@ comment on function regen._install_capture(regen._sources) is
 create function regen._apply_source(source integer, only_rows text[] default null,
                                     max_rows integer default 100000, wait boolean default true)
 returns bigint
-language plpgsql volatile set jit = off
+language plpgsql volatile security definer set search_path = pg_catalog, pg_temp set jit = off
 as $$
 declare
-  s regen._sources;
-  v_alias text;
   v_taken bigint;
   v_rows text[];
-  v_old_path text := current_setting('search_path');
-  v_ids text[] := '{}';
-  v_tenants text[] := '{}';
-  v_priorities float8[] := '{}';
-  v_hashes bytea[] := '{}';
-  v_bad_ids text[] := '{}';
-  v_bad_tenants text[] := '{}';
-  v_bad_errors text[] := '{}';
-  v_one record;
-  v_id text;
-  v_tenant text;
-  v_gone text[];
+  v_present boolean[];
+  v_tenants text[];
+  v_priorities float8[];
+  v_hashes bytea[];
+  v_errors text[];
   v_versions integer[];
-  v_current text;
+  v_gone text[];
 begin
-  select * into s from regen._sources x where x.id = _apply_source.source;
-  if not found then
+  if not exists (select 1 from regen._sources x where x.id = _apply_source.source) then
     -- the source was unregistered: its changes have nothing to apply to
     delete from regen._changes c where c.source_id = _apply_source.source;
     return 0;
   end if;
   if wait then
-    perform pg_advisory_xact_lock(hashtext('regen.apply_changes'), s.id);
-  elsif not pg_try_advisory_xact_lock(hashtext('regen.apply_changes'), s.id) then
+    perform pg_advisory_xact_lock(hashtext('regen.apply_changes'), _apply_source.source);
+  elsif not pg_try_advisory_xact_lock(hashtext('regen.apply_changes'), _apply_source.source) then
     return 0;   -- another applier is at it
   end if;
 
+  -- The changes taken, the last one of each row winning (for one row, the order of seq is the order
+  -- its changes committed in).
   with taken as (
     delete from regen._changes c
      where c.ctid = any(array(select c2.ctid from regen._changes c2
-                              where c2.source_id = s.id and (only_rows is null or c2.row_id = any(only_rows))
+                              where c2.source_id = _apply_source.source
+                                and (only_rows is null or c2.row_id = any(only_rows))
+                              order by c2.seq
                               limit max_rows))
-    returning c.row_id
+    returning c.*
+  ), latest as (
+    select distinct on (t.row_id) t.* from taken t order by t.row_id, t.seq desc
   )
-  select count(*), coalesce(array_agg(distinct t.row_id), '{}') into v_taken, v_rows from taken t;
+  select (select count(*) from taken),
+         coalesce(array_agg(l.row_id order by l.row_id), '{}'), coalesce(array_agg(l.present order by l.row_id), '{}'),
+         coalesce(array_agg(l.tenant order by l.row_id), '{}'), coalesce(array_agg(l.priority order by l.row_id), '{}'),
+         coalesce(array_agg(l.content_hash order by l.row_id), '{}'), coalesce(array_agg(l.error order by l.row_id), '{}')
+    into v_taken, v_rows, v_present, v_tenants, v_priorities, v_hashes, v_errors
+    from latest l;
   if v_taken = 0 then
     return 0;
   end if;
 
-  -- The rows as they are now (this statement's snapshot, taken after the lock): those still in the
-  -- source with their tenant, priority and hash.
-  v_alias := (select c.relname from pg_class c where c.oid = s.relation);
-  v_current := format('(select * from %s as %I where %I.%I = any(%L::%s[]))',
-                      s.relation, v_alias, v_alias, s.id_column, v_rows, s.id_type);
-  perform set_config('search_path', s.expression_search_path, true);
-  begin
-    execute format('select coalesce(array_agg(c.row_id), ''{}''), coalesce(array_agg(c.tenant), ''{}''), '
-                   'coalesce(array_agg(c.priority), ''{}''), coalesce(array_agg(c.content_hash), ''{}'') from (%s) c',
-                   regen._capture_select(s, v_current))
-      into v_ids, v_tenants, v_priorities, v_hashes;
-  exception when others then
-    -- an expression raises on some row: find which, keep the others
-    v_ids := '{}'; v_tenants := '{}'; v_priorities := '{}'; v_hashes := '{}';
-    foreach v_id in array v_rows loop
-      begin
-        execute format('select c.row_id, c.tenant, c.priority, c.content_hash from (%s) c',
-                       regen._capture_select(s, format('(select * from %s as %I where (%I.%I)::text = %L)',
-                                                       s.relation, v_alias, v_alias, s.id_column, v_id)))
-          into v_one;
-        if v_one.row_id is not null then
-          v_ids := v_ids || v_one.row_id; v_tenants := v_tenants || v_one.tenant;
-          v_priorities := v_priorities || v_one.priority; v_hashes := v_hashes || v_one.content_hash;
-        end if;
-      exception when others then
-        v_bad_ids := v_bad_ids || v_id;
-        v_bad_errors := v_bad_errors || format('an expression of source %s raised an error on this row: %s', s.name, sqlerrm);
-        v_tenant := null;
-        if s.tenant_column is not null then
-          begin
-            execute format('select (%I.%I)::text from %s as %I where (%I.%I)::text = $1',
-                           v_alias, s.tenant_column, s.relation, v_alias, v_alias, s.id_column)
-              into v_tenant using v_id;
-          exception when others then
-            v_tenant := null;   -- the tenant itself does not compute
-          end;
-        end if;
-        v_bad_tenants := v_bad_tenants || v_tenant;
-      end;
-    end loop;
-  end;
-  perform set_config('search_path', v_old_path, true);
-
-  v_versions := array(select sv.version_id from regen._source_versions sv where sv.source_id = s.id order by sv.version_id);
+  v_versions := array(select sv.version_id from regen._source_versions sv
+                      where sv.source_id = _apply_source.source order by sv.version_id);
 
   -- Rows that left the source (deleted, key changed, filtered out, text now null) lose items and
   -- vectors. Two statements: deleting the items waits for a worker's settle step that holds them,
   -- and only a statement started after that sees (and deletes) the vectors it wrote.
-  v_gone := array(select r from unnest(v_rows) r except select unnest(v_ids || v_bad_ids));
+  v_gone := array(select a.row_id from unnest(v_rows, v_present) a(row_id, present) where not a.present);
   if cardinality(v_gone) > 0 then
     delete from regen._items it
-     where it.source_id = s.id and it.version_id = any(v_versions) and it.row_id = any(v_gone);
+     where it.source_id = _apply_source.source and it.version_id = any(v_versions) and it.row_id = any(v_gone);
     delete from regen._embeddings e
-     where e.version_id = any(v_versions) and e.source_id = s.id and e.row_id = any(v_gone);
+     where e.version_id = any(v_versions) and e.source_id = _apply_source.source and e.row_id = any(v_gone);
   end if;
 
   -- New rows and rows whose text changed are marked fresh (regen.enqueue_fresh puts them into their
   -- jobs); a change of priority or tenant alone updates the item and leaves its place in the queue.
-  if cardinality(v_ids) > 0 then
-    insert into regen._items as it (source_id, version_id, row_id, tenant, priority, content_hash, fresh)
-    select s.id, v.version_id, c.row_id, c.tenant, c.priority, c.content_hash, true
-    from unnest(v_ids, v_tenants, v_priorities, v_hashes) as c(row_id, tenant, priority, content_hash)
-    cross join unnest(v_versions) as v(version_id)
-    order by v.version_id, c.row_id   -- the order the worker locks items in: no deadlock between the two
-    on conflict (source_id, version_id, row_id) do update
-      set tenant = excluded.tenant, priority = excluded.priority,
-          content_hash = excluded.content_hash, changed_at = now(),
-          fresh = it.fresh or it.content_hash is distinct from excluded.content_hash
-      where (it.tenant, it.priority, it.content_hash)
-            is distinct from (excluded.tenant, excluded.priority, excluded.content_hash);
-  end if;
+  insert into regen._items as it (source_id, version_id, row_id, tenant, priority, content_hash, fresh)
+  select _apply_source.source, v.version_id, a.row_id, a.tenant, a.priority, a.content_hash, true
+  from unnest(v_rows, v_present, v_tenants, v_priorities, v_hashes, v_errors) as a(row_id, present, tenant, priority, content_hash, error)
+  cross join unnest(v_versions) as v(version_id)
+  where a.present and a.error is null
+  order by v.version_id, a.row_id   -- the order the worker locks items in: no deadlock between the two
+  on conflict (source_id, version_id, row_id) do update
+    set tenant = excluded.tenant, priority = excluded.priority,
+        content_hash = excluded.content_hash, changed_at = now(),
+        fresh = it.fresh or it.content_hash is distinct from excluded.content_hash
+    where (it.tenant, it.priority, it.content_hash)
+          is distinct from (excluded.tenant, excluded.priority, excluded.content_hash);
 
   -- Rows an expression raised on: failed items, with the error (regen.failed_items); a later edit
   -- that the expressions accept makes them ordinary items again.
-  if cardinality(v_bad_ids) > 0 then
-    insert into regen._items as it (source_id, version_id, row_id, tenant, priority, content_hash, failed_hash, last_error, attempts)
-    select s.id, v.version_id, b.row_id, b.tenant, 0, h.hash, h.hash, b.error, 1
-    from unnest(v_bad_ids, v_bad_tenants, v_bad_errors) as b(row_id, tenant, error)
-    cross join lateral (select sha256(convert_to('pgregen: expression error: ' || b.error, 'UTF8')) as hash) h
-    cross join unnest(v_versions) as v(version_id)
-    order by v.version_id, b.row_id
-    on conflict (source_id, version_id, row_id) do update
-      set tenant = excluded.tenant, content_hash = excluded.content_hash, failed_hash = excluded.failed_hash,
-          last_error = excluded.last_error, attempts = it.attempts + 1, queue_job = null, changed_at = now()
-      where it.content_hash is distinct from excluded.content_hash or it.tenant is distinct from excluded.tenant;
-  end if;
+  insert into regen._items as it (source_id, version_id, row_id, tenant, priority, content_hash, failed_hash, last_error, attempts)
+  select _apply_source.source, v.version_id, a.row_id, a.tenant, 0, h.hash, h.hash, a.error, 1
+  from unnest(v_rows, v_present, v_tenants, v_priorities, v_hashes, v_errors) as a(row_id, present, tenant, priority, content_hash, error)
+  cross join lateral (select sha256(convert_to('pgregen: expression error: ' || a.error, 'UTF8')) as hash) h
+  cross join unnest(v_versions) as v(version_id)
+  where a.present and a.error is not null
+  order by v.version_id, a.row_id
+  on conflict (source_id, version_id, row_id) do update
+    set tenant = excluded.tenant, content_hash = excluded.content_hash, failed_hash = excluded.failed_hash,
+        last_error = excluded.last_error, attempts = it.attempts + 1, queue_job = null, changed_at = now()
+    where it.content_hash is distinct from excluded.content_hash or it.tenant is distinct from excluded.tenant;
 
   -- A row that moved to another tenant moves its vectors with it.
-  if s.tenant_column is not null then
-    update regen._embeddings e set tenant = it.tenant
-      from regen._items it
-     where it.source_id = s.id and it.version_id = any(v_versions) and it.row_id = any(v_ids || v_bad_ids)
-       and e.version_id = it.version_id and e.source_id = it.source_id and e.row_id = it.row_id
-       and e.tenant is distinct from it.tenant;
-  end if;
+  update regen._embeddings e set tenant = a.tenant
+    from unnest(v_rows, v_present, v_tenants, v_priorities, v_hashes, v_errors) as a(row_id, present, tenant, priority, content_hash, error)
+   where a.present and e.version_id = any(v_versions) and e.source_id = _apply_source.source and e.row_id = a.row_id
+     and e.tenant is distinct from a.tenant;
   return v_taken;
 end
 $$;
 comment on function regen._apply_source(integer, text[], integer, boolean) is
-  'Applies up to max_rows logged changes of one source (of the given rows only, if only_rows): items upserted (new '
-  'and changed texts marked fresh), rows gone removed with their vectors, vectors moved with their tenant; returns '
-  'the changes taken. One applier per source at a time (wait: queue behind it, else return 0).';
+  'Applies up to max_rows logged changes of one source (of the given rows only, if only_rows), the last of each row '
+  'winning: items upserted (new and changed texts marked fresh), rows gone removed with their vectors, vectors moved '
+  'with their tenant; returns the changes taken. One applier per source at a time (wait: queue behind it, else return 0).';
 
 create function regen.apply_changes(max_rows integer default 100000)
 returns bigint
@@ -586,91 +573,10 @@ comment on function regen.prepare_inputs(text, text, text[], uuid, boolean) is
 -- the registration.
 
 -- ---------------------------------------------------------------------------------------------
--- The gap stays exact while changes wait in the log: for every row with a pending change, the
--- counters' view of its items (as last applied) is taken out and the row as it is now is put in,
--- judged the way regen._state() judges an item. Nothing is written. With an empty log this is one
--- probe of an empty index.
-
-create function regen._pending_gap()
-returns table (source_id integer, version_id integer, tenant text, state text, queued boolean, n bigint)
-language plpgsql stable security definer set search_path = pg_catalog, pg_temp set jit = off
-as $$
-declare
-  s regen._sources;
-  v_alias text;
-  v_rows text[];
-  v_ids text[];
-  v_tenants text[];
-  v_hashes bytea[];
-  v_failed boolean[];
-  v_id text;
-  v_one record;
-  v_tenant text;
-begin
-  for s in
-    select x.* from regen._sources x
-    where exists (select 1 from regen._changes c where c.source_id = x.id)
-    order by x.id
-  loop
-    v_rows := array(select distinct c.row_id from regen._changes c where c.source_id = s.id);
-    v_alias := (select c.relname from pg_class c where c.oid = s.relation);
-    perform set_config('search_path', s.expression_search_path, true);
-    begin
-      execute format('select coalesce(array_agg(c.row_id), ''{}''), coalesce(array_agg(c.tenant), ''{}''), '
-                     'coalesce(array_agg(c.content_hash), ''{}''), coalesce(array_agg(false), ''{}'') from (%s) c',
-                     regen._capture_select(s, format('(select * from %s as %I where %I.%I = any(%L::%s[]))',
-                                                     s.relation, v_alias, v_alias, s.id_column, v_rows, s.id_type)))
-        into v_ids, v_tenants, v_hashes, v_failed;
-    exception when others then
-      v_ids := '{}'; v_tenants := '{}'; v_hashes := '{}'; v_failed := '{}';
-      foreach v_id in array v_rows loop
-        begin
-          execute format('select c.row_id, c.tenant, c.content_hash from (%s) c',
-                         regen._capture_select(s, format('(select * from %s as %I where (%I.%I)::text = %L)',
-                                                         s.relation, v_alias, v_alias, s.id_column, v_id)))
-            into v_one;
-          if v_one.row_id is not null then
-            v_ids := v_ids || v_one.row_id; v_tenants := v_tenants || v_one.tenant;
-            v_hashes := v_hashes || v_one.content_hash; v_failed := v_failed || false;
-          end if;
-        exception when others then
-          -- an expression raises on the row: it will be a failed item, under its tenant if that computes
-          v_tenant := null;
-          if s.tenant_column is not null then
-            begin
-              execute format('select (%I.%I)::text from %s as %I where (%I.%I)::text = $1',
-                             v_alias, s.tenant_column, s.relation, v_alias, v_alias, s.id_column)
-                into v_tenant using v_id;
-            exception when others then
-              v_tenant := null;
-            end;
-          end if;
-          v_ids := v_ids || v_id; v_tenants := v_tenants || v_tenant;
-          v_hashes := v_hashes || null::bytea; v_failed := v_failed || true;
-        end;
-      end loop;
-    end;
-    perform set_config('search_path', 'pg_catalog, pg_temp', true);
-    return query
-      select it.source_id, it.version_id, it.tenant,
-             regen._state(it.content_hash, it.embedded_hash, it.failed_hash, it.has_legacy), it.queue_job is not null, -1::bigint
-      from regen._items it
-      where it.source_id = s.id and it.row_id = any(v_rows)
-      union all
-      select s.id, sv.version_id, case when l.failed then it.tenant else l.tenant end,
-             case when l.failed then 'failed'
-                  else regen._state(l.content_hash, it.embedded_hash, it.failed_hash, coalesce(it.has_legacy, false)) end,
-             coalesce(it.queue_job is not null, false), 1::bigint
-      from unnest(v_ids, v_tenants, v_hashes, v_failed) as l(row_id, tenant, content_hash, failed)
-      cross join regen._source_versions sv
-      left join regen._items it on it.source_id = s.id and it.version_id = sv.version_id and it.row_id = l.row_id
-      where sv.source_id = s.id;
-  end loop;
-end
-$$;
-comment on function regen._pending_gap() is
-  'Corrections to the gap counters for rows whose changes wait in regen._changes: their items as counted (-1) and the rows '
-  'as they are now (+1). Read by regen.embedding_gap; writes nothing.';
+-- The gap stays exact while changes wait in the log: for every row with a logged change, its items
+-- as the counters have them are taken out, and the row as its last change left it is put in, judged
+-- as regen._state() judges an item (spelled out: application roles read the gap and execute only
+-- what grant_app gives). With an empty log this is two probes of an empty index.
 
 -- The counts of sql/0012, with the corrections for the rows whose changes wait in the log.
 create or replace view regen._gap_totals as
@@ -682,8 +588,30 @@ create or replace view regen._gap_totals as
     select d.source_id, d.version_id, d.tenant, d.state, d.queued, d.n from regen._gap_deltas d
     where (select s.verified from regen._store_state s)
     union all
-    select p.source_id, p.version_id, p.tenant, p.state, p.queued, p.n from regen._pending_gap() p
+    select it.source_id, it.version_id, it.tenant,
+           case when it.embedded_hash = it.content_hash then 'current'
+                when it.failed_hash = it.content_hash then 'failed'
+                when it.embedded_hash is not null then 'stale'
+                when it.has_legacy then 'outdated'
+                else 'missing' end,
+           it.queue_job is not null, -1::bigint
+    from (select distinct c.source_id, c.row_id from regen._changes c) p
+    join regen._source_versions sv on sv.source_id = p.source_id
+    join regen._items it on it.source_id = sv.source_id and it.version_id = sv.version_id and it.row_id = p.row_id
     where (select s.verified from regen._store_state s)
+    union all
+    select l.source_id, sv.version_id, l.tenant,
+           case when l.error is not null then 'failed'
+                when it.embedded_hash = l.content_hash then 'current'
+                when it.failed_hash = l.content_hash then 'failed'
+                when it.embedded_hash is not null then 'stale'
+                when it.has_legacy then 'outdated'
+                else 'missing' end,
+           l.error is null and it.queue_job is not null, 1::bigint
+    from (select distinct on (c.source_id, c.row_id) c.* from regen._changes c order by c.source_id, c.row_id, c.seq desc) l
+    join regen._source_versions sv on sv.source_id = l.source_id
+    left join regen._items it on it.source_id = l.source_id and it.version_id = sv.version_id and it.row_id = l.row_id
+    where l.present and (select s.verified from regen._store_state s)
     union all
     select it.source_id, it.version_id, it.tenant,
            case
@@ -714,51 +642,193 @@ comment on view regen._gap_totals is
   'Item counts per source, version, tenant, state and queued flag: from the counters while the store is verified '
   '(corrected for the rows whose changes wait in regen._changes), else judged item by item against the store';
 
--- ---------------------------------------------------------------------------------------------
--- Grants: application roles read the gap, which now calls regen._pending_gap() (SECURITY DEFINER:
--- it evaluates the source's expressions as their owner). As in sql/0015 otherwise.
-create or replace function regen.grant_app(role regrole)
-returns void
-language plpgsql volatile
-as $$
-declare
-  v_search text := (select string_agg(p.oid::regprocedure::text, ', ') from pg_proc p
-                    where p.pronamespace = 'regen'::regnamespace and p.proname = 'search_scoped');
-begin
-  perform regen._check_grantee(role);
-  perform regen._grant_vector_usage(role);
-  execute format('grant usage on schema regen to %s', role);
-  -- search_scoped runs as the caller: it reads the store (under row-level security) and the catalog
-  execute format('grant select on regen._embeddings, regen._sources, regen._versions, regen._source_versions to %s', role);
-  execute format('grant select on regen.versions, regen.sources, regen.embedding_gap to %s', role);
-  execute format('grant execute on function %s, '
-                 'regen.search_input(text, text[], text), regen.set_tenant(text), regen.current_tenant(), '
-                 'regen._transaction_marker(), regen._policy_tenant(), regen._search_scope(text[], text), '
-                 'regen._search_setting(text, integer, integer, integer), regen.preprocess(text, jsonb), '
-                 'regen._pending_gap() to %s', v_search, role);
-end
-$$;
-comment on function regen.grant_app(regrole) is
-  'Lets an application role search (regen.search_scoped, regen.set_tenant) and read regen.versions, regen.sources and '
-  'regen.embedding_gap; it sees the store only through row-level security, one tenant per transaction. Grants USAGE on '
-  'pgvector''s schema when the role lacks it (RG044 when the owner cannot)';
-
 -- Sources registered before this file: the row-level capture replaces the statement-level one,
 -- under the same trigger and function names.
 do $$
 declare
   v regen._sources;
-  v_role regrole;
 begin
   for v in select * from regen._sources loop
     if exists (select 1 from pg_class c where c.oid = v.relation) then
       perform regen._install_capture(v);
     end if;
   end loop;
-  for v_role in select a.role_oid::regrole from regen._app_roles() a loop
-    execute format('grant execute on function regen._pending_gap() to %s', v_role);
-  end loop;
 end
 $$;
+
+
+-- ---------------------------------------------------------------------------------------------
+-- write_embeddings of sql/0016, applying the logged changes of its rows first: a vector for a text
+-- the row no longer has is refused as stale, as when the capture updated the items at once.
+create or replace function regen.write_embeddings(
+  source text,
+  version text,
+  row_ids text[],
+  chunk_nos integer[],
+  content_hashes bytea[],
+  embeddings vector[]
+)
+returns table (row_id text, chunk_no integer, stored boolean, kind text, reason text)
+language sql volatile set jit = off
+as $$
+  -- Changes logged for these rows and not yet applied: applied first (a statement of its own, so the
+  -- next one sees the items they leave), so the hash check compares against the row's text now.
+  select regen._apply_source(s.id, write_embeddings.row_ids)
+  from regen._sources s
+  where s.name = write_embeddings.source
+    and exists (select 1 from regen._changes c where c.source_id = s.id and c.row_id = any(write_embeddings.row_ids));
+
+  -- No lock on the items while the vectors go into the store (and its HNSW index, the slow part):
+  -- an edit of these rows commits meanwhile. The settle trigger then locks the items the statement
+  -- touched, briefly, and keeps only what still matches: see regen.tg_embeddings__settle.
+  with args as (
+    select s.id as source_id, v.id as version_id, v.dimensions
+    from (select 1) one
+    left join regen._sources s on s.name = write_embeddings.source
+    left join regen._versions v on v.tag = write_embeddings.version
+  ), input as (
+    -- the vectors themselves stay in the array: judged is materialized, and 6 kB a row would spill
+    select u.ord, u.row_id, u.chunk_no, u.content_hash, vector_dims(u.vec) as dims,
+           row_number() over (partition by u.row_id, u.chunk_no order by u.ord) > 1 as duplicate
+    from unnest(write_embeddings.row_ids, write_embeddings.chunk_nos, write_embeddings.content_hashes,
+                write_embeddings.embeddings) with ordinality as u(row_id, chunk_no, content_hash, vec, ord)
+  ), judged as (
+    select i.ord, i.row_id, i.chunk_no, i.content_hash, a.source_id, a.version_id, it.tenant,
+           it.chunk_hashes[i.chunk_no] as text_hash, r.kind, r.reason
+    from input i
+    cross join args a
+    left join regen._items it on it.source_id = a.source_id and it.version_id = a.version_id and it.row_id = i.row_id
+    left join lateral (
+      select c.kind, c.reason from (values
+        (cardinality(write_embeddings.row_ids) is distinct from cardinality(write_embeddings.chunk_nos)
+           or cardinality(write_embeddings.row_ids) is distinct from cardinality(write_embeddings.content_hashes)
+           or cardinality(write_embeddings.row_ids) is distinct from cardinality(write_embeddings.embeddings),
+         1, 'malformed', 'malformed call: row_ids, chunk_nos, content_hashes and embeddings must have the same length'),
+        (a.source_id is null, 2, 'unknown_source', format('unknown source %L', write_embeddings.source)),
+        (a.version_id is null, 3, 'unknown_version', format('unknown version %L', write_embeddings.version)),
+        (i.duplicate, 4, 'duplicate', 'duplicate item: this row and chunk already appear earlier in the batch'),
+        (i.dims is null, 5, 'nan', 'NaN or infinity not allowed in vector'),
+        (i.dims <> a.dimensions, 6, 'dimensions', format('expected %s dimensions, not %s', a.dimensions, i.dims)),
+        (it.row_id is null, 7, 'untracked', 'row is not tracked for this version: deleted, filtered out, or not registered'),
+        (i.content_hash is distinct from it.content_hash, 8, 'stale', 'stale: the source text changed after the input was prepared'),
+        (it.plan_hash is distinct from it.content_hash or i.chunk_no is null or i.chunk_no not between 1 and cardinality(it.chunk_hashes),
+         9, 'unplanned', format('chunk %s is not among the prepared inputs of this text', i.chunk_no))
+      ) c(hit, rank, kind, reason)
+      where c.hit
+      order by c.rank
+      limit 1
+    ) r on true
+  ), stored as (
+    insert into regen._embeddings as e (version_id, source_id, row_id, chunk_no, tenant, content_hash, text_hash, embedding)
+    select j.version_id, j.source_id, j.row_id, j.chunk_no, j.tenant, j.content_hash, j.text_hash, v.vec
+    from judged j
+    -- a second pass over the array, joined on position: embeddings[j.ord] would walk the array
+    -- from its start for every item (elements of varying size), quadratic in the batch
+    join unnest(write_embeddings.embeddings) with ordinality as v(vec, ord) on v.ord = j.ord
+    where j.reason is null
+    on conflict (version_id, source_id, row_id, chunk_no) do update
+      set tenant = excluded.tenant, content_hash = excluded.content_hash, text_hash = excluded.text_hash,
+          embedding = excluded.embedding, embedded_at = now()
+    returning 1
+  ), poisoned as (
+    -- a vector the provider got wrong fails its item for this text; a new text gets a new chance
+    update regen._items it
+       set failed_hash = it.content_hash, last_error = j.reason, attempts = it.attempts + 1, queue_job = null, changed_at = now()
+      from (select distinct on (j.row_id) j.source_id, j.version_id, j.row_id, j.content_hash, j.reason
+              from judged j
+             where j.kind in ('dimensions', 'nan')
+             order by j.row_id, j.ord) j
+     where it.source_id = j.source_id and it.version_id = j.version_id and it.row_id = j.row_id
+       and it.content_hash = j.content_hash
+    returning 1
+  ), logged as (
+    insert into regen._rejections (source, version, row_id, chunk_no, kind, reason)
+    select write_embeddings.source, write_embeddings.version, j.row_id, j.chunk_no, j.kind, j.reason
+    from judged j where j.reason is not null
+    returning 1
+  ), requeued as (
+    -- a row edited while its batch was in flight goes back to the queue, as a fresh edit
+    select regen._enqueue(a.source_id, a.version_id,
+                          coalesce((select array_agg(distinct j.row_id) from judged j where j.kind = 'stale'), '{}'),
+                          true) as n
+    from args a where a.source_id is not null and a.version_id is not null
+  )
+  select j.row_id, j.chunk_no, j.reason is null, j.kind, j.reason
+  from judged j
+  left join requeued on true
+  order by j.ord;
+$$;
+comment on function regen.write_embeddings(text, text, text[], integer[], bytea[], vector[]) is
+  'Worker-facing: stores vectors whose content hash still matches the source, whose dimensions match the version '
+  'and that hold no NaN/Inf; refuses the rest per item with a kind (malformed, unknown_source, unknown_version, duplicate, '
+  'nan, dimensions, untracked, stale, unplanned) and a reason (see regen.rejected_writes). Holds no item lock while the '
+  'vectors are inserted; the settle trigger keeps only what still matches. Applies the rows'' logged changes first.';
+
+-- The settle trigger of sql/0016, applying the logged changes of the rows it settles first: an edit
+-- that committed while the vectors were being inserted leaves its item stale, at once.
+create or replace function regen.tg_embeddings__settle() returns trigger
+language plpgsql set jit = off
+as $$
+declare
+  v_source integer;
+  v_rows text[];
+begin
+  if not exists (select from new_rows) then
+    return null;   -- a statement that wrote no vector
+  end if;
+  -- an edit logged while the vectors were being inserted: applied now, before the items are locked
+  -- (in the order every applier takes them), so what is settled is judged against the text now
+  for v_source, v_rows in
+    select n.source_id, array_agg(distinct n.row_id) from new_rows n
+    where exists (select 1 from regen._changes c where c.source_id = n.source_id and c.row_id = n.row_id)
+    group by n.source_id
+  loop
+    perform regen._apply_source(v_source, v_rows);
+  end loop;
+  perform 1
+    from regen._items it
+    join (select distinct version_id, source_id, row_id from new_rows) t
+      on it.source_id = t.source_id and it.version_id = t.version_id and it.row_id = t.row_id
+   order by it.version_id, it.row_id
+     for update of it;
+  -- rows deleted (or filtered out) while their vectors were being written
+  delete from regen._embeddings e
+   using (select distinct version_id, source_id, row_id from new_rows) t
+   where e.version_id = t.version_id and e.source_id = t.source_id and e.row_id = t.row_id
+     and not exists (select 1 from regen._items it
+                     where it.source_id = t.source_id and it.version_id = t.version_id and it.row_id = t.row_id);
+  -- rows that moved to another tenant meanwhile
+  update regen._embeddings e set tenant = it.tenant
+    from (select distinct version_id, source_id, row_id from new_rows) t
+    join regen._items it on it.source_id = t.source_id and it.version_id = t.version_id and it.row_id = t.row_id
+   where e.version_id = t.version_id and e.source_id = t.source_id and e.row_id = t.row_id
+     and e.tenant is distinct from it.tenant;
+  with touched as (
+    select distinct version_id, source_id, row_id from new_rows
+  ), done as (
+    update regen._items it
+       set embedded_hash = it.content_hash, failed_hash = null, last_error = null, queue_job = null, drifts = 0, changed_at = now()
+      from touched t
+     where it.source_id = t.source_id and it.version_id = t.version_id and it.row_id = t.row_id
+       and it.plan_hash = it.content_hash
+       and it.embedded_hash is distinct from it.content_hash
+       and cardinality(it.chunk_hashes) = (
+             select count(*) from regen._embeddings e
+             where e.version_id = it.version_id and e.source_id = it.source_id and e.row_id = it.row_id
+               and e.content_hash = it.content_hash and e.chunk_no <= cardinality(it.chunk_hashes))
+    returning it.version_id, it.source_id, it.row_id, it.tenant, cardinality(it.chunk_hashes) as chunks
+  ), extra as (
+    delete from regen._embeddings e using done d
+    where e.version_id = d.version_id and e.source_id = d.source_id and e.row_id = d.row_id and e.chunk_no > d.chunks
+  )
+  insert into regen._progress (source_id, version_id, tenant, at, items)
+  select d.source_id, d.version_id, d.tenant, date_trunc('second', now()), count(*)
+  from done d group by 1, 2, 3;
+  return null;
+end
+$$;
+comment on function regen.tg_embeddings__settle() is
+  'Locks the items of the vectors a statement stored, drops vectors of rows gone meanwhile, moves vectors to their row''s tenant, '
+  'and marks items current once all their chunk vectors are stored; applies the rows'' logged changes first';
 
 select regen._refresh_grants();

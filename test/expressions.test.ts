@@ -6,7 +6,7 @@ import { beforeEach, describe, expect, it } from 'vitest';
 import { retire, cutover, startMigration } from '../src/migrate.ts';
 import { prepareInputs } from '../src/store.ts';
 import { freshDatabase, keepOnFailure, type TestDatabase } from './support/db.ts';
-import { DIMS, embedRows, gap } from './support/fixtures.ts';
+import { applyChanges, DIMS, embedRows, gap } from './support/fixtures.ts';
 
 const db: TestDatabase = await freshDatabase();
 keepOnFailure(db);
@@ -28,7 +28,9 @@ async function register(options: { content?: string; priority?: string; filter?:
     [options.content ?? 'title', options.priority ?? null, options.filter ?? null, options.tenant ?? 'tenant']);
 }
 
+/** The failed items, once the worker's side has applied the logged changes (regen.apply_changes). */
 async function failed(): Promise<Array<{ row_id: string; error: string }>> {
+  await applyChanges(db);
   const { rows } = await db.query<{ row_id: string; error: string }>(`select row_id, error from regen.failed_items order by row_id::int`);
   return rows;
 }

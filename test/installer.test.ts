@@ -130,6 +130,8 @@ describe('install', () => {
       const can = await pool.query(`select has_function_privilege($1, 'regen.recover()', 'execute') as ok`, [roles[1]]);
       expect(can.rows[0].ok).toBe(true);
       await pool.query(`update notes set body = 'edited' where id = 1`);
+      expect((await pool.query(`select count(*)::int as n from regen._changes`)).rows[0].n).toBe(1);
+      expect((await pool.query(`select regen.apply_changes() as n`)).rows[0].n).toBe('1');
       expect((await pool.query(`select count(*)::int as n from regen._items where fresh`)).rows[0].n).toBe(1);
       expect((await pool.query(`select missing::int from regen.embedding_gap where source = 'notes'`)).rows[0].missing).toBe(20);
     } finally {

@@ -7,7 +7,7 @@ import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { tenantIndexes } from '../src/tenant-indexes.ts';
 import { freshDatabase, keepOnFailure } from './support/db.ts';
-import { allRowIds, embedRows, vectorOf } from './support/fixtures.ts';
+import { allRowIds, applyChanges, embedRows, vectorOf } from './support/fixtures.ts';
 import { createRole, type TestRole } from './support/search.ts';
 
 const DIMS = 8;
@@ -105,6 +105,7 @@ describe('tenant indexes', () => {
 
   it('drops the index of a tenant that shrank below half of min_rows', async () => {
     await db.query(`delete from docs where tenant = 'big' and id > 499`);
+    await applyChanges(db);   // the worker's side: the deleted rows' vectors go
     const steps = await tenantIndexes(db.pool, { minRows: 1_000 });
     expect(steps.map((s) => [s.action, s.tenant, s.vectors])).toEqual([['drop', 'big', 499]]);
     const { rows: [gone] } = await db.query<{ index: string | null }>(`select to_regclass('regen.' || $1) as index`, [await indexName('big')]);
