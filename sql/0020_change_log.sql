@@ -623,6 +623,11 @@ create or replace view regen._gap_totals as
            end,
            it.queue_job is not null, 1::bigint
     from regen._items it
+    -- Only while the store is not verified. The join on an expression the planner cannot estimate
+    -- keeps this branch's estimated cost small: judged by its true size, every read of the gap would
+    -- be compiled by JIT (1.9 s at 50,000 items with PostgreSQL's default settings), verified or not.
+    join (select 1 as one from regen._store_state s where not s.verified) unverified
+      on unverified.one = it.version_id - it.version_id + 1
     cross join lateral (
       select it.embedded_hash is not null and (
                select count(*) from regen._embeddings e
@@ -635,7 +640,6 @@ create or replace view regen._gap_totals as
                join regen._embeddings e on e.version_id = o.version_id and e.source_id = o.source_id and e.row_id = it.row_id
                where o.source_id = it.source_id and o.version_id <> it.version_id) as legacy
     ) held
-    where not (select s.verified from regen._store_state s)
   ) c
   group by 1, 2, 3, 4, 5;
 comment on view regen._gap_totals is
