@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import pg from 'pg';
 import pgvector from 'pgvector';
 import { prepareInputs, writeEmbeddings } from '../src/store.ts';
+import { buildVersionIndexes } from '../src/versions.ts';
 import {
   check, fmtInt, fmtMs, openServer, percentile, renderTable, serverInfo, seededVector, timed,
   type BenchOptions, type BenchReport, type ServerInfo, type Table,
@@ -60,7 +61,7 @@ async function build(db: pg.Client, rows: number, log: (line: string) => void): 
   await db.query(`select regen.start_migration('docs', $1)`, [VERSIONS[1].tag]);
   // Loaded without the versions' HNSW indexes, which are built afterwards in one pass each.
   const { rows: ids } = await db.query<{ id: number }>('select id from regen._versions order by id');
-  for (const { id } of ids) await db.query(`drop index regen._embeddings_hnsw_v${id}`);
+  for (const { id } of ids) await db.query(`drop index if exists regen._embeddings_hnsw_v${id}`);   // the building version has none yet
   for (const [n, v] of VERSIONS.entries()) {
     const ms = await timed(async () => {
       for (let first = 1; first <= rows; first += 2_000) {
@@ -76,7 +77,7 @@ async function build(db: pg.Client, rows: number, log: (line: string) => void): 
     log(`${fmtInt(rows)} vectors of ${v.tag} (${v.dims} dimensions) written in ${(ms / 1000).toFixed(1)} s`);
   }
   const indexMs = await timed(async () => {
-    for (const { id } of ids) await db.query('select regen._ensure_version_index($1)', [id]);
+    await buildVersionIndexes(db);   // both versions are in use: CREATE INDEX CONCURRENTLY of each
   });
   log(`HNSW indexes built in ${(indexMs / 1000).toFixed(1)} s`);
   await db.query('vacuum analyze regen._embeddings');

@@ -1,7 +1,10 @@
 // pgregen's programmatic API: `import { install, search, rebuild, ... } from 'pgregen'`.
 // The command line (src/cli/) is a thin layer over these modules.
 export { install, uninstall, type InstallOptions, type InstallResult, type UninstallResult } from './install.ts';
-export { createVersion, listVersions, SUPPORTED_PROVIDERS, type CreatedVersion, type VersionRow } from './versions.ts';
+export {
+  buildVersionIndexes, createVersion, deferVersionIndexes, listVersions, SUPPORTED_PROVIDERS, versionIndexPlan,
+  type BuildIndexOptions, type CreatedVersion, type DeferOptions, type IndexProgress, type IndexState, type IndexStep, type VersionRow,
+} from './versions.ts';
 export {
   listSources, registerSource, unregisterSource, type RegisteredSource, type SourceDefinition, type SourceRow,
 } from './sources.ts';
@@ -13,7 +16,7 @@ export {
 } from './store.ts';
 export { search, type SearchContext, type SearchHit, type SearchOptions } from './search.ts';
 export { tenantIndexes, type TenantIndexOptions, type TenantIndexStep } from './tenant-indexes.ts';
-export { cutover, retire, rollback, startMigration, type RetireResult, type StartResult } from './migrate.ts';
+export { cutover, retire, rollback, startMigration, type FlipOptions, type RetireResult, type StartResult } from './migrate.ts';
 export {
   evaluate, shadowCompare, type EvalContext, type EvalRun, type EvaluateOptions, type ShadowOptions, type ShadowRun,
 } from './eval/run.ts';

@@ -5,6 +5,7 @@
 import { beforeEach, describe, expect, it } from 'vitest';
 import { retire, cutover, startMigration } from '../src/migrate.ts';
 import { prepareInputs } from '../src/store.ts';
+import { buildVersionIndexes } from '../src/versions.ts';
 import { freshDatabase, keepOnFailure, type TestDatabase } from './support/db.ts';
 import { applyChanges, DIMS, embedRows, gap } from './support/fixtures.ts';
 
@@ -199,6 +200,7 @@ describe('retire', () => {
       `select to_regclass('regen._embeddings_hnsw_v' || (select id from regen._versions where tag = $1)) is not null as present`, [tag])).rows[0].present;
     await db.query(`select regen.create_version('test@2', 'test-model', $1::int)`, [DIMS]);
     await db.query(`select regen.create_version('test@3', 'test-model', $1::int)`, [DIMS]);   // created, not yet registered
+    await buildVersionIndexes(db.pool, { version: 'test@3' });   // and given its index by the owner already
     await register();
     await startMigration(db.pool, 'docs', 'test@2');
     await embedRows(db, ['1', '2', '3', '4', '5', '6', '7', '8', '9', '10'], 'docs', 'test@2');

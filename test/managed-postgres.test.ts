@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
 import { install } from '../src/install.ts';
 import { search } from '../src/search.ts';
 import { tenantIndexes } from '../src/tenant-indexes.ts';
+import { buildVersionIndexes } from '../src/versions.ts';
 import { startEmbeddingServer, type EmbeddingServer } from '../src/provider-server.ts';
 import type { RunningWorker } from '../src/worker/run.ts';
 import { adminPool } from './support/db.ts';
@@ -240,6 +241,8 @@ describe('pgvector in schema extensions, installed and run by a database owner t
   it('the owner creates versions (halfvec above 2,000 dimensions) and registers a source with the default search_path', async () => {
     await setupArticles(db.ownerPool);
     await db.ownerPool.query(`select regen.create_version('wide@1', 'wide-model', 2500)`);
+    // a version no source serves yet gets its index when it is built: build it now, as the owner
+    await buildVersionIndexes(db.ownerPool, { version: 'wide@1' });
     const { rows } = await db.ownerPool.query<{ def: string }>(
       `select regexp_replace(indexdef, '^.* USING hnsw (.*) WHERE .*$', '\\1') as def from pg_indexes
         where schemaname = 'regen' and indexname like '\\_embeddings\\_hnsw\\_v%' order by indexname`);

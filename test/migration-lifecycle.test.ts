@@ -115,11 +115,15 @@ describe('a model migration under load', () => {
     await waitFor('searches during the build', async () => servedSince(started).length >= 20);
     const before = Date.now();
     expect((await gapOf(NEW)).role).toBe('building');
+    // built without its HNSW index: cutover() builds it, concurrently, and then flips
+    const indexState = async () => (await db.query(`select index_state from regen.versions where tag = $1`, [NEW])).rows[0].index_state;
+    expect(await indexState()).toBe('missing');
     const during = samples.filter((s) => s.at > started && s.at < before);
     expect(during.length).toBeGreaterThan(0);
     expect(new Set(during.map((s) => s.version))).toEqual(new Set([OLD]));
 
     await cutover(db, 'articles', NEW, GATE);
+    expect(await indexState()).toBe('ready');
     const flipped = Date.now();
     await waitFor('searches after cutover', async () => servedSince(flipped).length >= 20);
     expect(new Set(servedSince(flipped).map((s) => s.version))).toEqual(new Set([NEW]));

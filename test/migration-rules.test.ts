@@ -3,6 +3,7 @@
 // each refusal. Vectors are written the way the worker writes them (prepare_inputs, write_embeddings).
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { cutover, retire, rollback, startMigration } from '../src/migrate.ts';
+import { buildVersionIndexes } from '../src/versions.ts';
 import { failure } from './support/assertions.ts';
 import { freshDatabase, type TestDatabase } from './support/db.ts';
 import { allRowIds, embedRows, gap, setupArticles } from './support/fixtures.ts';
@@ -169,10 +170,14 @@ describe('model migration rules', () => {
     expect(left).toEqual({ items: '0', index: null });
     expect(await sqlError(rollback(db, 'articles'))).toMatchObject({ code: 'RG053' });
 
-    // the version can be built again later: its index comes back with the build
+    // the version can be built again later: its index comes back once the build is complete
     await startMigration(db, 'articles', V1);
-    const { rows: [back] } = await db.query<{ index: string | null }>(`select to_regclass('regen._embeddings_hnsw_v' || $1::int)::text as index`, [v1!.id]);
-    expect(back!.index).toBe(`regen._embeddings_hnsw_v${v1!.id}`);
+    const index = async () => (await db.query<{ index: string | null }>(
+      `select to_regclass('regen._embeddings_hnsw_v' || $1::int)::text as index`, [v1!.id])).rows[0]!.index;
+    expect(await index()).toBeNull();
+    await embedRows(db, await allRowIds(db), 'articles', V1);
+    await buildVersionIndexes(db.pool, { version: V1, backfilledOnly: true });
+    expect(await index()).toBe(`regen._embeddings_hnsw_v${v1!.id}`);
   });
 
   it('migrates to 3,072 dimensions stored as halfvec, and searches the new version through its halfvec index', async () => {

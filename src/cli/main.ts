@@ -5,7 +5,7 @@ import { Command, CommanderError, Help, Option } from 'commander';
 import { describeError } from '../errors.ts';
 import { explainError } from '../connect.ts';
 import { installCommand, uninstallCommand } from './install.ts';
-import { versionCommand } from './version.ts';
+import { indexCommand, versionCommand } from './version.ts';
 import { sourceCommand } from './source.ts';
 import { gapCommand } from './gap.ts';
 import { rebuildCommand } from './rebuild.ts';
@@ -37,6 +37,7 @@ export function program(): Command {
   cli.addCommand(installCommand());
   cli.addCommand(uninstallCommand());
   cli.addCommand(versionCommand());
+  cli.addCommand(indexCommand());
   cli.addCommand(sourceCommand());
   cli.addCommand(gapCommand());
   cli.addCommand(rebuildCommand());

@@ -6,6 +6,7 @@ import { cutover, retire, rollback, startMigration } from '../migrate.ts';
 import { withInstalled } from '../connect.ts';
 import { toJson } from '../json.ts';
 import { databaseUrl } from './options.ts';
+import { indexBuildView } from './version.ts';
 
 function coverageArg(value: string): number {
   const n = Number(value);
@@ -14,6 +15,8 @@ function coverageArg(value: string): number {
 }
 
 const url = (command: Command) => databaseUrl(command);
+
+interface CutoverOptions { minCoverage: number; force?: boolean; reason?: string; maintenanceWorkMem?: string; json?: boolean }
 const print = (json: boolean | undefined, value: unknown, text: string) => console.log(json ? toJson(value) : text);
 
 export function migrateCommand(): Command {
@@ -36,20 +39,27 @@ export function migrateCommand(): Command {
     });
 
   migrate.command('cutover')
-    .description('make <version> the active one of <source>; refused below the coverage gate (regen.cutover)')
+    .description('make <version> the active one of <source>; refused below the coverage gate (regen.cutover). ' +
+      'Builds the version\'s HNSW index first, concurrently, when it has none yet (progress on stderr)')
     .argument('<source>', 'the source')
     .argument('<version>', 'the version being built')
     .option('--min-coverage <fraction>', 'the gate: share of items current in the new version', coverageArg, 0.995)
     .option('--force', 'cut over below the gate (needs --reason)')
     .option('--reason <text>', 'why (recorded with the cutover)')
+    .option('--maintenance-work-mem <size>', 'maintenance_work_mem for the index build, e.g. 1GB')
     .option('--json', 'print the result as JSON')
-    .action(async (source: string, version: string, opts: { minCoverage: number; force?: boolean; reason?: string; json?: boolean }, command: Command) => {
+    .action(async (source: string, version: string, opts: CutoverOptions, command: Command) => {
       const result = await withInstalled(url(command), 'pgregen migrate', async (db) => {
         // regen.cutover returns quietly (a notice) for the version already served: nothing flips then
         const { rows: [row] } = await db.query<{ role: string }>(
           'select role from regen.embedding_gap where source = $1 and version = $2', [source, version]);
         if (row?.role === 'active') return { active: version, flipped: false };
-        return { active: await cutover(db, source, version, opts), flipped: true };
+        const view = await indexBuildView(url(command), opts.json ?? false, opts.maintenanceWorkMem);
+        try {
+          return { active: await cutover(db, source, version, { ...opts, index: view.options }), flipped: true };
+        } finally {
+          await view.close();
+        }
       });
       print(opts.json, { source, ...result }, result.flipped
         ? `source ${source} now serves version ${result.active}; pgregen migrate rollback ${source} flips back`
@@ -62,7 +72,14 @@ export function migrateCommand(): Command {
     .option('--reason <text>', 'why (recorded with the rollback)')
     .option('--json', 'print the result as JSON')
     .action(async (source: string, opts: { reason?: string; json?: boolean }, command: Command) => {
-      const active = await withInstalled(url(command), 'pgregen migrate', (db) => rollback(db, source, opts.reason));
+      const active = await withInstalled(url(command), 'pgregen migrate', async (db) => {
+        const view = await indexBuildView(url(command), opts.json ?? false);
+        try {
+          return await rollback(db, source, opts.reason, { index: view.options });
+        } finally {
+          await view.close();
+        }
+      });
       print(opts.json, { source, active }, `source ${source} serves version ${active} again`);
     });
 

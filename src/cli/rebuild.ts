@@ -1,17 +1,21 @@
 // `pgregen rebuild`: the rebuild button (regen.rebuild). Enqueues the gap, then follows it to the
 // end with a progress bar (plain lines when stdout is not a terminal); Ctrl-C stops following and
 // leaves the queued work to the workers. --dry-run shows items, tokens and an estimated cost.
+// Following a large gap, it loads it without the version's HNSW index (regen.index_deferral_plan)
+// and builds the index of each version whose backfill it saw complete, concurrently.
 import { Command, InvalidArgumentError } from 'commander';
 import Table from 'cli-table3';
 import cliProgress from 'cli-progress';
 import type { Db } from '../db.ts';
-import { PgregenError } from '../errors.ts';
+import { PgregenError, describeError } from '../errors.ts';
 import { withInstalled } from '../connect.ts';
 import { toJson } from '../json.ts';
 import { rebuild, trackProgress, type Progress, type RebuildOptions, type RebuildRow, type Scope } from '../rebuild.ts';
 import { count, duration, progressLine } from '../format/progress.ts';
 import { untilInterrupted } from './gap.ts';
 import { databaseUrl } from './options.ts';
+import { buildVersionIndexes, deferVersionIndexes, type IndexStep } from '../versions.ts';
+import { describeStep, indexBuildView } from './version.ts';
 
 /** USD per million tokens of text-embedding-3-small: the default of --price-per-mtok. */
 export const DEFAULT_PRICE_PER_MTOK = 0.02;
@@ -76,7 +80,28 @@ function progressView(json: boolean) {
 
 interface CliOptions extends RebuildOptions { json?: boolean; wait: boolean; pricePerMtok: number }
 
-async function enqueueAndFollow(db: Db, opts: CliOptions): Promise<void> {
+/** Runs an index step; a role that may not (RG059: not the owner, e.g. an admin role) gets a note instead of a failure. */
+async function ownerOnly(opts: CliOptions, step: () => Promise<unknown>): Promise<boolean> {
+  try {
+    await step();
+    return true;
+  } catch (err) {
+    if ((err as { code?: string }).code !== 'RG059') throw err;
+    if (!opts.json) process.stderr.write(`${describeError(err)}\n`);
+    return false;
+  }
+}
+
+async function enqueueAndFollow(db: Db, url: string, opts: CliOptions): Promise<void> {
+  // Only a rebuild followed to its end loads without the index: it is also the one to build it again.
+  // A tenant's rebuild or a forced one leaves the index alone (the rows it loads are few, or have vectors).
+  const deferred: IndexStep[] = [];
+  if (opts.wait && !opts.force && !opts.tenant) {
+    for (const step of await deferVersionIndexes(db, { source: opts.source, version: opts.version, dryRun: true })) {
+      if (!opts.json) process.stderr.write(`${describeStep(step)}\n`);
+      if (await ownerOnly(opts, () => deferVersionIndexes(db, { source: opts.source, version: step.version }))) deferred.push(step);
+    }
+  }
   const rows = await rebuild(db, opts);
   const enqueued = rows.reduce((n, r) => n + r.items, 0);
   const scope: Scope = { targets: rows.map((r) => ({ source: r.source, version: r.version })), tenant: opts.tenant, force: opts.force ?? false };
@@ -96,8 +121,24 @@ async function enqueueAndFollow(db: Db, opts: CliOptions): Promise<void> {
   view.end();
   const took = (Date.now() - started) / 1000;
   const final = outcome.last;
+  // the index of each version whose backfill is complete: built now if it has none (deferred above, or a migration's)
+  const indexes: IndexStep[] = [];
+  if (outcome.kind === 'closed') {
+    const build = await indexBuildView(url, opts.json ?? false);
+    try {
+      for (const version of new Set(scope.targets.map((t) => t.version))) {
+        await ownerOnly(opts, async () => indexes.push(...await buildVersionIndexes(db, { ...build.options, version, backfilledOnly: true })));
+      }
+    } finally {
+      await build.close();
+    }
+  } else if (deferred.length && !opts.json) {
+    process.stderr.write(`the HNSW index of version(s) ${deferred.map((d) => d.version).join(', ')} is still to build: ` +
+      'run pgregen index build once the gap is closed (searches are exact until then)\n');
+  }
   if (opts.json) {
-    console.log(toJson({ enqueued: rows, outcome: outcome.kind, done: final.done, remaining: final.remaining, failed: final.failed, seconds: took }));
+    console.log(toJson({ enqueued: rows, outcome: outcome.kind, done: final.done, remaining: final.remaining, failed: final.failed, seconds: took,
+      indexes }));
   } else if (outcome.kind === 'interrupted') {
     console.log(`stopped watching: ${count(final.remaining)} item(s) stay queued and the workers go on with them (follow with pgregen gap --watch)`);
   } else if (outcome.kind === 'closed') {
@@ -128,10 +169,13 @@ export function rebuildCommand(): Command {
     .option('--json', 'print the result as JSON (no progress display)')
     .addHelpText('after', '\nWithout --no-wait, follows the rebuild every second until its gap is closed or only failed items remain.\n' +
       'Ctrl-C stops following (exit 0); the queued work stays with the workers.\n' +
+      'A large gap (more than half of a version\'s rows and at least 10,000 missing) is loaded without the version\'s HNSW\n' +
+      'index, dropped concurrently first (searches are exact meanwhile); once the gap is closed the index of each version\n' +
+      'whose backfill is complete is built concurrently (progress on stderr). Run it as the owner for that.\n' +
       'Exit 1 when items failed, or when open items are left with no job queued for them.')
     .action(async (opts: CliOptions, command: Command) => {
       await withInstalled(databaseUrl(command), 'pgregen rebuild', async (db) => {
-        if (!opts.dryRun) return enqueueAndFollow(db, opts);
+        if (!opts.dryRun) return enqueueAndFollow(db, databaseUrl(command), opts);
         const rows = await rebuild(db, opts);
         if (opts.json) {
           const tokens = rows.reduce((n, r) => n + (r.estimated_tokens ?? 0), 0);
