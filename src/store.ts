@@ -8,8 +8,10 @@ export interface Input {
   chunkNo: number;
   contentHash: Buffer;
   textHash: Buffer;
-  /** Text to embed; null when an earlier input of the same batch has the same textHash. */
+  /** Text to embed; null when an earlier input of the same batch has the same textHash, or when deferred. */
   input: string | null;
+  /** Another batch is embedding this text right now: prepare the row again once that batch is done. */
+  deferred: boolean;
 }
 
 export interface VectorItem {
@@ -34,10 +36,32 @@ export interface WriteResult {
 
 export async function prepareInputs(db: Db, source: string, version: string, rowIds: string[],
   options: { jobId?: string; force?: boolean } = {}): Promise<Input[]> {
-  const { rows } = await db.query<{ row_id: string; chunk_no: number; content_hash: Buffer; text_hash: Buffer; input: string | null }>(
+  const { rows } = await db.query<{ row_id: string; chunk_no: number; content_hash: Buffer; text_hash: Buffer; input: string | null; deferred: boolean }>(
     'select * from regen.prepare_inputs($1::text, $2::text, $3::text[], job_id => $4::uuid, force => $5::boolean)',
     [source, version, rowIds, options.jobId ?? null, options.force ?? false]);
-  return rows.map((r) => ({ rowId: r.row_id, chunkNo: r.chunk_no, contentHash: r.content_hash, textHash: r.text_hash, input: r.input }));
+  return rows.map((r) => ({ rowId: r.row_id, chunkNo: r.chunk_no, contentHash: r.content_hash, textHash: r.text_hash, input: r.input,
+                            deferred: r.deferred }));
+}
+
+/**
+ * regen.apply_rows: applies the logged changes of these rows now, in a statement (and transaction)
+ * of its own, so that the long prepare and write that follow rarely hold the source's applier lock.
+ */
+export async function applyRows(db: Db, source: string, rowIds: string[]): Promise<number> {
+  const { rows } = await db.query<{ n: string }>('select regen.apply_rows($1::text, $2::text[]) as n', [source, rowIds]);
+  return Number(rows[0]?.n ?? 0);
+}
+
+/** regen.release_claims: the texts these jobs claimed in prepare_inputs are free again; returns how many. */
+export async function releaseClaims(db: Db, jobIds: string[]): Promise<number> {
+  const { rows } = await db.query<{ n: string }>('select regen.release_claims($1::uuid[]) as n', [jobIds]);
+  return Number(rows[0]?.n ?? 0);
+}
+
+/** regen.fresh_priority(): the lowest pg-boss priority of a fresh-edit job (backfill is below). */
+export async function freshPriority(db: Db): Promise<number> {
+  const { rows } = await db.query<{ p: number }>('select regen.fresh_priority() as p');
+  return rows[0]!.p;
 }
 
 const vectorOids = new WeakMap<Db, number>();

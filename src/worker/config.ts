@@ -15,6 +15,7 @@ export interface WorkerConfig {
   requestTimeoutMs: number;
   maxAttempts: number;
   jobsPerFetch: number;
+  backfillShare: number;
   pollIntervalSeconds: number;
   enqueueIntervalMs: number;
   superviseIntervalSeconds: number;
@@ -24,7 +25,7 @@ export interface WorkerConfig {
   logLevel: string;
 }
 
-type Kind = 'string' | 'int' | 'list';
+type Kind = 'string' | 'int' | 'fraction' | 'list';
 
 interface Setting {
   env: string;
@@ -50,6 +51,7 @@ export const SETTINGS: Setting[] = [
   { env: 'REGEN_REQUEST_TIMEOUT_MS', key: 'requestTimeoutMs', kind: 'int', default: '60000', min: 100, description: 'time limit of one provider request' },
   { env: 'REGEN_MAX_ATTEMPTS', key: 'maxAttempts', kind: 'int', default: '6', min: 1, max: 50, description: 'attempts of one provider request on 429, 5xx and timeouts before the batch is handed back to the queue' },
   { env: 'REGEN_JOBS_PER_FETCH', key: 'jobsPerFetch', kind: 'int', default: '8', min: 1, max: 1000, description: 'queue jobs (of up to 64 rows each) fetched at once and packed into provider requests together' },
+  { env: 'REGEN_BACKFILL_SHARE', key: 'backfillShare', kind: 'fraction', default: '0.5', min: 0, max: 0.9, description: 'share of the worker\'s time given to the backfill (rebuilds, migrations) whenever it waits: that share of its fetch loops take backfill jobs first, the others fresh edits first; 0: fresh edits always first' },
   { env: 'REGEN_POLL_INTERVAL_SECONDS', key: 'pollIntervalSeconds', kind: 'int', default: '1', min: 1, description: 'how often an idle worker looks for work' },
   { env: 'REGEN_ENQUEUE_INTERVAL_MS', key: 'enqueueIntervalMs', kind: 'int', default: '250', min: 10, max: 60000, description: 'how often the worker moves fresh edits (new rows, changed texts) from the capture triggers into the queue, set-based (regen.enqueue_fresh)' },
   { env: 'REGEN_SUPERVISE_INTERVAL_SECONDS', key: 'superviseIntervalSeconds', kind: 'int', default: '15', min: 1, max: 3600, description: 'how often the queue looks for batches of crashed workers (heartbeat lost) and expired ones, to retry them' },
@@ -69,10 +71,12 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): WorkerConfig {
       config[s.key] = undefined;
       continue;
     }
-    if (s.kind === 'int') {
+    if (s.kind === 'int' || s.kind === 'fraction') {
       const n = Number(raw);
-      if (!Number.isInteger(n) || (s.min !== undefined && n < s.min) || (s.max !== undefined && n > s.max)) {
-        problems.push(`${s.env}=${raw} is not an integer${s.min !== undefined ? ` >= ${s.min}` : ''}${s.max !== undefined ? ` and <= ${s.max}` : ''}`);
+      const what = s.kind === 'int' ? 'an integer' : 'a number';
+      if (raw.trim() === '' || !(s.kind === 'int' ? Number.isInteger(n) : Number.isFinite(n))
+          || (s.min !== undefined && n < s.min) || (s.max !== undefined && n > s.max)) {
+        problems.push(`${s.env}=${raw} is not ${what}${s.min !== undefined ? ` >= ${s.min}` : ''}${s.max !== undefined ? ` and <= ${s.max}` : ''}`);
       }
       config[s.key] = n;
     } else if (s.kind === 'list') {

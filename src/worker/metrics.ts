@@ -23,6 +23,10 @@ export function createMetrics(db: Db) {
     buckets: [0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 30, 60], registers: [registry] });
   const rateLimited = new Counter({ name: 'pgregen_provider_rate_limited_total', help: 'Provider answers 429', registers: [registry] });
   const failures = new Counter({ name: 'pgregen_failures_total', help: 'Items refused (poison) and batches handed back', labelNames: ['kind'], registers: [registry] });
+  const jobs = new Counter({ name: 'pgregen_jobs_total', help: 'Queue jobs worked, by kind: fresh (edits) or backfill (rebuilds, migrations)',
+    labelNames: ['kind'], registers: [registry] });
+  const deferred = new Counter({ name: 'pgregen_rows_deferred_total',
+    help: 'Rows whose text another batch was embedding, prepared again once it was done (counted per wait)', registers: [registry] });
   new Gauge({
     name: 'pgregen_queue_depth', help: 'Queued items by version and job state', labelNames: ['version', 'state'], registers: [registry],
     async collect() {
@@ -41,5 +45,5 @@ export function createMetrics(db: Db) {
       }
     },
   });
-  return { registry, vectors, requests, tokens, latency, rateLimited, failures };
+  return { registry, vectors, requests, tokens, latency, rateLimited, failures, jobs, deferred };
 }

@@ -79,25 +79,30 @@ export class Provider {
     return { client: this.client, key };
   }
 
-  /** One outcome per text, in order. Throws ProviderUnavailable when the provider cannot be used now. */
-  async embed(request: EmbedRequest): Promise<EmbedOutcome[]> {
+  /**
+   * One outcome per text, in order. Throws ProviderUnavailable when the provider cannot be used now.
+   * `signal` (besides the worker's own) cancels the request: its batch ran out of time, or lost its jobs.
+   */
+  async embed(request: EmbedRequest, signal?: AbortSignal): Promise<EmbedOutcome[]> {
     try {
-      const vectors = await this.attempt(request);
+      const vectors = await this.attempt(request, signal);
       return vectors.map((embedding) => ({ ok: true, embedding }));
     } catch (err) {
       if (!(err instanceof OpenAI.BadRequestError) || err.status !== 400) throw err;
       if (request.texts.length === 1) return [{ ok: false, reason: `provider refused the input: ${err.message}` }];
       const half = Math.ceil(request.texts.length / 2);
       const [left, right] = await Promise.all([
-        this.embed({ ...request, texts: request.texts.slice(0, half), tokens: request.tokens.slice(0, half) }),
-        this.embed({ ...request, texts: request.texts.slice(half), tokens: request.tokens.slice(half) }),
+        this.embed({ ...request, texts: request.texts.slice(0, half), tokens: request.tokens.slice(0, half) }, signal),
+        this.embed({ ...request, texts: request.texts.slice(half), tokens: request.tokens.slice(half) }, signal),
       ]);
       return [...left, ...right];
     }
   }
 
-  private async attempt(request: EmbedRequest): Promise<number[][]> {
-    const { pacer, events, signal, maxAttempts } = this.options;
+  private async attempt(request: EmbedRequest, batchSignal?: AbortSignal): Promise<number[][]> {
+    const { pacer, events, maxAttempts } = this.options;
+    const signals = [this.options.signal, batchSignal].filter((s): s is AbortSignal => s !== undefined);
+    const signal = signals.length > 1 ? AbortSignal.any(signals) : signals[0];
     const tokens = request.tokens.reduce((a, b) => a + b, 0);
     let reread = false;
     for (let attempt = 0; ; attempt++) {

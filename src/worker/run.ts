@@ -1,15 +1,17 @@
 // `pgregen worker`: a pg-boss consumer. Wires the queue, the provider clients, the health and
-// metrics endpoints and graceful shutdown around processBatch(); holds no decisions of its own.
+// metrics endpoints and graceful shutdown around the fetch loops (loop.ts) and processBatch();
+// holds no decisions of its own.
 import pg from 'pg';
 import { PgBoss } from 'pg-boss';
 import pino from 'pino';
 import { connect, requireSchema } from '../connect.ts';
 import { PgregenError } from '../errors.ts';
-import { compactGap, enqueueFresh, recover, versionInfo, versionQueues, type VersionInfo } from '../store.ts';
-import { processBatch, type JobData } from './batch.ts';
+import { compactGap, enqueueFresh, freshPriority, recover, versionInfo, versionQueues, type VersionInfo } from '../store.ts';
+import { processBatch } from './batch.ts';
 import type { WorkerConfig } from './config.ts';
 import { startHealthServer, type HealthServer } from './http.ts';
 import { KeySource } from './keys.ts';
+import { runLoop, type FetchedJob } from './loop.ts';
 import { createMetrics } from './metrics.ts';
 import { Pacer } from './pacer.ts';
 import { Provider } from './provider.ts';
@@ -21,8 +23,11 @@ export interface RunningWorker {
   done: Promise<void>;
 }
 
-/** Checks what can be checked before taking work, so bad configuration fails at once and clearly. */
-async function preflight(config: WorkerConfig): Promise<void> {
+/**
+ * Checks what can be checked before taking work, so bad configuration fails at once and clearly;
+ * returns the priority that fresh-edit jobs start at.
+ */
+async function preflight(config: WorkerConfig): Promise<number> {
   const client = await connect(config.databaseUrl, 'pgregen worker');
   try {
     await requireSchema(client);
@@ -31,17 +36,22 @@ async function preflight(config: WorkerConfig): Promise<void> {
         throw new PgregenError(`unknown version '${tag}' in REGEN_VERSIONS`, 'list the versions with: select tag from regen.versions');
       }
     }
+    return await freshPriority(client).catch((err: { code?: string }) => {
+      if (err.code !== '42883') throw err;   // undefined function: an older schema
+      throw new PgregenError('the pgregen schema in this database is older than this worker', 'run: pgregen install');
+    });
   } finally {
     await client.end();
   }
 }
 
 export async function startWorker(config: WorkerConfig, log = pino({ level: config.logLevel })): Promise<RunningWorker> {
-  await preflight(config);
+  const freshBand = await preflight(config);
   const pool = new pg.Pool({ connectionString: config.databaseUrl, max: 8, application_name: 'pgregen worker' });
   pool.on('error', (err) => log.warn({ err: err.message }, 'idle database connection failed'));
   const metrics = createMetrics(pool);
-  const abort = new AbortController();
+  const abort = new AbortController();      // the shutdown timeout: in-flight batches are cancelled
+  const halt = new AbortController();       // stop: no more fetches
   let stopping = false;
 
   // The health port first: a worker that cannot be probed must not take work (a taken port exits at once).
@@ -110,34 +120,45 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
     await pool.end();
     throw err;
   }
-  const handle = async (wanted: Array<{ id: string; data: JobData }>) => {
+  const handle = async (wanted: FetchedJob[], signal: AbortSignal) => {
     const started = performance.now();
+    const fresh = wanted.filter((j) => j.data.fresh).length;
+    metrics.jobs.inc({ kind: 'fresh' }, fresh);
+    metrics.jobs.inc({ kind: 'backfill' }, wanted.length - fresh);
     try {
       const result = await processBatch(wanted, {
         db: pool, version, provider: providerFor,
         maxInputsPerRequest: config.maxInputsPerRequest, maxTokensPerRequest: config.maxTokensPerRequest,
         onStored: (tag, n) => metrics.vectors.inc({ version: tag }, n),
         onRefused: (kind, n) => metrics.failures.inc({ kind }, n),
-      });
-      log.info({ jobs: wanted.length, ...result, ms: Math.round(performance.now() - started) }, 'batch done');
+      }, signal);
+      metrics.deferred.inc(result.deferred);
+      log.info({ jobs: wanted.length, fresh, ...result, ms: Math.round(performance.now() - started) }, 'batch done');
     } catch (err) {
       metrics.failures.inc({ kind: 'batch' });
       log.warn({ jobs: wanted.map((j) => j.id), err: (err as Error).message }, 'batch handed back to the queue');
       throw err;
     }
   };
-  // One pg-boss queue per version: this worker subscribes to those of REGEN_VERSIONS, or to every
-  // version's, looking for new versions as it goes.
-  // After a full fetch the next one follows at once (burst); the poll interval applies when idle.
-  const workOptions = { batchSize: config.jobsPerFetch, pollingIntervalSeconds: config.pollIntervalSeconds,
-    burstWhenBatchFull: true, burstWhenReadyExceeds: 1,
-    localConcurrency: Math.max(1, Math.min(4, Math.ceil(config.concurrency / 2))) };
+  // One pg-boss queue per version: this worker serves those of REGEN_VERSIONS, or every version's,
+  // looking for new versions as it goes. Its fetch loops take work from all of them (so the
+  // backfill share holds for the worker as a whole); each loop works one batch at a time, and each
+  // version served adds as many loops. REGEN_BACKFILL_SHARE of the loops take the backfill first.
+  const loopsPerQueue = Math.max(1, Math.min(4, Math.ceil(config.concurrency / 2)));
+  const loops: Array<Promise<void>> = [];
   const serving = new Set<string>();
   const subscribe = async () => {
     for (const { version: tag, queue } of await versionQueues(pool, config.versions.length ? config.versions : null)) {
       if (serving.has(queue) || stopping) continue;
       serving.add(queue);
-      await boss.work<JobData>(queue, workOptions, handle);
+      for (let i = 0; i < loopsPerQueue; i++) {
+        loops.push(runLoop({
+          boss, queues: () => [...serving], index: loops.length, loops: () => loops.length,
+          jobsPerFetch: config.jobsPerFetch, backfillShare: config.backfillShare,
+          freshPriority: freshBand, pollIntervalMs: config.pollIntervalSeconds * 1000, stopping: halt.signal, cancel: abort.signal,
+          handle, onError: (err, what) => log.warn({ err: err.message }, what),
+        }));
+      }
       log.info({ version: tag, queue }, 'serving version');
     }
   };
@@ -166,7 +187,7 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
   }, 10_000);
   housekeeping.unref();
 
-  log.info({ port: health.port, queues: [...serving], concurrency: config.concurrency, rpm: config.requestsPerMinute, tpm: config.tokensPerMinute,
+  log.info({ port: health.port, queues: [...serving], concurrency: config.concurrency, backfillShare: config.backfillShare, rpm: config.requestsPerMinute, tpm: config.tokensPerMinute,
     versions: config.versions.length ? config.versions : 'all' }, 'worker started');
 
   let resolveDone!: () => void;
@@ -177,9 +198,11 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
     log.info({ timeoutMs: config.shutdownTimeoutMs }, 'stopping: no new batches; in-flight batches may finish');
     // After the timeout, in-flight provider calls are cancelled: their batches fail and pg-boss
     // retries them on another worker. Nothing is lost either way.
+    halt.abort();
     const timer = setTimeout(() => abort.abort(new Error('worker shutting down')), config.shutdownTimeoutMs);
-    await boss.stop({ graceful: true, timeout: config.shutdownTimeoutMs + 2_000 }).catch((err: Error) => log.warn({ err: err.message }, 'queue stop'));
+    await Promise.all(loops);
     clearTimeout(timer);
+    await boss.stop({ graceful: false, timeout: 2_000 }).catch((err: Error) => log.warn({ err: err.message }, 'queue stop'));
     clearInterval(housekeeping);
     clearInterval(freshEdits);
     await health.close();
