@@ -1,0 +1,170 @@
+// The change log (sql/0020, sql/0023): the capture triggers only log, regen.apply_changes() does the
+// rest outside the application's transaction. What must hold meanwhile: the gap is exact, a delete
+// or a tenant move leaves search at once, an update of a column the source does not read fires
+// nothing, the application never waits on an apply, and concurrent appliers lose no change.
+import { afterAll, beforeEach, describe, expect, it } from 'vitest';
+import { freshDatabase, keepOnFailure, type TestDatabase } from './support/db.ts';
+import { allRowIds, applyChanges, embedRows, gap, setupArticles, sha256 } from './support/fixtures.ts';
+import { createRole, searchAs, type TestRole } from './support/search.ts';
+
+const db: TestDatabase = await freshDatabase();
+keepOnFailure(db);
+let app: TestRole;
+
+async function reset(): Promise<void> {
+  await db.query(`select regen.unregister_source(name) from regen._sources`);
+  await db.query('drop table if exists articles');
+  await db.query('delete from regen._versions');
+  await db.query('truncate regen._cache, regen._changes');
+  await setupArticles(db);
+  await embedRows(db, await allRowIds(db));
+}
+
+const logged = async () => (await db.query<{ n: number }>('select count(*)::int as n from regen._changes')).rows[0]!.n;
+
+/** The gap as brute force over the source table says it must be: every row judged against the store. */
+async function liveGap(): Promise<{ expected: number; current: number; stale: number; missing: number }> {
+  const { rows } = await db.query(`
+    with live as (
+      select a.id::text as row_id, sha256(convert_to(a.title || E'\\n\\n' || coalesce(a.body, ''), 'UTF8')) as hash
+      from articles a where a.published)
+    select count(*)::int as expected,
+           count(*) filter (where it.embedded_hash = l.hash)::int as current,
+           count(*) filter (where it.embedded_hash is not null and it.embedded_hash <> l.hash)::int as stale,
+           count(*) filter (where it.embedded_hash is null)::int as missing
+    from live l left join regen._items it on it.row_id = l.row_id`);
+  return rows[0];
+}
+
+describe('the capture logs, the apply does the work', () => {
+  beforeEach(async () => {
+    await reset();
+    app ??= await createRole(db, 'changelog_app', { grant: 'app' });
+  });
+  afterAll(async () => { await app?.drop(); });
+
+  it('an update of a column the source does not read fires no trigger; one it reads is logged', async () => {
+    await db.query('alter table articles add column hits integer not null default 0');
+    // the triggers were made before the column existed; their column list still holds
+    await db.query('update articles set hits = hits + 1');
+    expect(await logged()).toBe(0);
+    await db.query(`update articles set views = views + 1 where id <= 3`);   // the priority
+    await db.query(`update articles set published = published where id = 4`);   // no change: WHEN is false
+    expect(await logged()).toBe(3);
+    const { rows } = await db.query(`select tgname, pg_get_triggerdef(t.oid) as def from pg_trigger t
+                                      where tgrelid = 'articles'::regclass and not tgisinternal and tgname like '%update'`);
+    expect(rows[0].def).toMatch(/AFTER UPDATE OF id, tenant, title, body, views, published ON public\.articles FOR EACH ROW WHEN/);
+  });
+
+  it('the gap is exact with changes still in the log, and the same once they are applied', async () => {
+    await db.query(`update articles set body = 'edited ' || id where id <= 5`);
+    await db.query(`update articles set published = false where id in (6, 7)`);
+    await db.query(`delete from articles where id in (8, 9)`);
+    await db.query(`insert into articles (id, tenant, title) select g, 'tenant_1', 'new' from generate_series(100, 103) g`);
+    await db.query(`update articles set id = 200 where id = 10`);
+    await db.query(`update articles set body = 'edited twice ' || id where id <= 2`);
+    expect(await logged()).toBeGreaterThan(0);
+    const live = await liveGap();
+    // 2 filtered out, 2 deleted, 4 inserted, 1 key changed (gone, and new), 5 edited
+    expect(live).toEqual({ expected: 30, current: 20, stale: 5, missing: 5 });
+    expect(await gap(db)).toMatchObject(live);
+    await applyChanges(db);
+    expect(await logged()).toBe(0);
+    expect(await gap(db)).toMatchObject(live);
+    const { rows } = await db.query(`select content_hash from regen._items where row_id = '1'`);
+    expect(rows[0].content_hash).toEqual(sha256('Title 1\n\nedited twice 1'));   // the last change won
+  });
+
+  it('a deleted row, or one moved to another tenant, leaves search at once, before the apply', async () => {
+    const stored = async (id: string) => (await db.query<{ v: string }>(
+      `select embedding::text as v from regen._embeddings where row_id = $1`, [id])).rows[0]!.v;
+    const query = await stored('4');
+    const first = await searchAs(app.pool, 'tenant_1', query, { k: 3 });
+    expect(first.hits[0]).toMatchObject({ row_id: '4' });
+    await db.query(`update articles set tenant = 'tenant_2' where id = 4`);
+    expect((await searchAs(app.pool, 'tenant_1', query, { k: 3 })).hits.map((h) => h.row_id)).not.toContain('4');
+    const near7 = await stored('7');
+    expect((await searchAs(app.pool, 'tenant_1', near7, { k: 3 })).hits[0]).toMatchObject({ row_id: '7' });
+    await db.query(`delete from articles where id = 7`);
+    expect((await searchAs(app.pool, 'tenant_1', near7, { k: 3 })).hits.map((h) => h.row_id)).not.toContain('7');
+    expect(await logged()).toBe(2);
+    // the application sees the moves of its own tenant only
+    const seen = async (tenant: string) => {
+      const client = await app.pool.connect();
+      try {
+        await client.query('begin');
+        await client.query('select regen.set_tenant($1)', [tenant]);
+        return (await client.query('select row_id from regen._moved_rows order by row_id')).rows.map((r) => r.row_id);
+      } finally {
+        await client.query('rollback');
+        client.release();
+      }
+    };
+    expect(await seen('tenant_1')).toEqual(['4', '7']);
+    expect(await seen('tenant_0')).toEqual([]);
+    await expect(app.pool.query('select * from regen._changes')).rejects.toMatchObject({ code: '42501' });
+    // once applied, the vector of row 4 is found under its new tenant
+    await applyChanges(db);
+    const moved = await searchAs(app.pool, 'tenant_2', query, { k: 1 });
+    expect(moved.hits[0]).toMatchObject({ row_id: '4' });
+  });
+
+  it('an application write never waits on an apply', async () => {
+    await db.query(`update articles set body = 'edited' where id <= 10`);
+    const applier = await db.pool.connect();
+    try {
+      await applier.query('begin');
+      expect(Number((await applier.query('select regen.apply_changes() as n')).rows[0].n)).toBe(10);
+      // the apply holds its lock and the items until it commits; the application goes on meanwhile
+      const started = Date.now();
+      await db.query(`update articles set body = 'edited again' where id <= 10`);
+      await db.query(`delete from articles where id = 11`);
+      expect(Date.now() - started).toBeLessThan(1_000);
+      // a second applier skips the source being applied instead of waiting
+      expect((await db.query('select regen.apply_changes() as n')).rows[0].n).toBe('0');
+      await applier.query('commit');
+    } finally {
+      applier.release();
+    }
+    expect(await applyChanges(db)).toBe(11);
+    expect(await gap(db)).toMatchObject(await liveGap());
+  });
+
+  it('appliers racing on the same rows lose no change: the later state always wins', async () => {
+    const clients = await Promise.all([db.pool.connect(), db.pool.connect(), db.pool.connect()]);
+    try {
+      for (let round = 0; round < 30; round++) {
+        await Promise.all([
+          clients[0]!.query(`update articles set body = 'round ${round}' where id = 1 + ${round} % 5`),
+          clients[1]!.query('select regen.apply_changes()'),
+          clients[2]!.query(`select regen.enqueue_fresh()`),
+        ]);
+      }
+    } finally {
+      for (const c of clients) c.release();
+    }
+    await applyChanges(db);
+    expect(await logged()).toBe(0);
+    const { rows } = await db.query(`
+      select count(*)::int as wrong from articles a join regen._items it on it.row_id = a.id::text
+      where it.content_hash <> sha256(convert_to(a.title || E'\\n\\n' || coalesce(a.body, ''), 'UTF8'))`);
+    expect(rows[0].wrong).toBe(0);
+  });
+
+  it('a partitioned source: its partitions fire the capture', async () => {
+    await db.query(`create table parted (id int primary key, body text not null) partition by range (id)`);
+    await db.query(`create table parted_1 partition of parted for values from (0) to (100)`);
+    await db.query(`create table parted_2 partition of parted for values from (100) to (200)`);
+    await db.query(`insert into parted select g, 'p ' || g from generate_series(1, 150) g`);
+    await db.query(`select regen.register_source('parted', 'parted', 'id', 'body', version => 'test@1')`);
+    await db.query(`update parted set body = 'edited' where id in (5, 150)`);
+    await db.query(`insert into parted values (199, 'new')`);
+    expect(await gap(db, 'parted')).toMatchObject({ expected: 151, missing: 151 });
+    await applyChanges(db);
+    const { rows } = await db.query(`select count(*)::int as n from regen._items it join regen._sources s on s.id = it.source_id
+                                      where s.name = 'parted' and it.fresh`);
+    expect(rows[0].n).toBe(3);
+    await db.query(`select regen.unregister_source('parted')`);
+    await db.query('drop table parted');
+  });
+});
