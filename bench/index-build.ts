@@ -1,4 +1,4 @@
-// J. Rebuild to a valid index (issue 13, item 4): a full rebuild of every row of a source through
+// M. Rebuild to a valid index (issue 13, item 4): a full rebuild of every row of a source through
 // the real worker, at 1,536 dimensions, from the rebuild button to gap = 0 with a valid HNSW index.
 // Two scenarios, each measured the product's way and against its baseline, the same load with no
 // index at all and then a plain CREATE INDEX of the same definition on the same table:
@@ -98,7 +98,7 @@ export async function run(options: { quick: boolean }): Promise<BenchResult> {
       measured: `${ratio(small, path).toFixed(2)}x → ${ratio(large, path).toFixed(2)}x`, wanted: 'not growing', met: ratio(large, path) <= ratio(small, path) });
   }
   const markdown = [
-    `## J. Rebuild to a valid index${options.quick ? ' (quick smoke size: not a result)' : ''}`,
+    `## M. Rebuild to a valid index${options.quick ? ' (quick smoke size: not a result)' : ''}`,
     '',
     ...headerLines(started, cluster.machine).map((l) => `- ${l}`),
     `- database: throwaway local cluster (src/local-postgres.ts: shared_buffers 256MB, fsync off), a database of its own per run; ` +
