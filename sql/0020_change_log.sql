@@ -677,7 +677,9 @@ language sql volatile set jit = off
 as $$
   -- Changes logged for these rows and not yet applied: applied first (a statement of its own, so the
   -- next one sees the items they leave), so the hash check compares against the row's text now.
-  select regen._apply_source(s.id, write_embeddings.row_ids)
+  -- Without waiting: should another applier hold the source, it applies them, and the settle
+  -- step's item locks order its upsert and this write either way.
+  select regen._apply_source(s.id, write_embeddings.row_ids, wait => false)
   from regen._sources s
   where s.name = write_embeddings.source
     and exists (select 1 from regen._changes c where c.source_id = s.id and c.row_id = any(write_embeddings.row_ids));
@@ -787,7 +789,7 @@ begin
     where exists (select 1 from regen._changes c where c.source_id = n.source_id and c.row_id = n.row_id)
     group by n.source_id
   loop
-    perform regen._apply_source(v_source, v_rows);
+    perform regen._apply_source(v_source, v_rows, wait => false);   -- else the applier at it does
   end loop;
   perform 1
     from regen._items it
