@@ -34,6 +34,7 @@ interface Migration {
   edits?: Phase;
   jobs?: { fresh: number; backfill: number; time: number };
   freshJobs?: { jobs: number; rows: number; single: number };
+  waits: Map<string, number>;
 }
 
 export async function run(options: { quick: boolean }): Promise<BenchResult> {
@@ -109,6 +110,11 @@ export async function run(options: { quick: boolean }): Promise<BenchResult> {
     m.jobs ? `${(100 * m.jobs.time).toFixed(0)}%` : '—',
     m.freshJobs ? `${fmtInt(m.freshJobs.jobs)} jobs, ${(m.freshJobs.rows / Math.max(1, m.freshJobs.jobs)).toFixed(1)} rows each, ${fmtInt(m.freshJobs.single)} of one row` : '—']);
   const delta = percentile(edited.edits!.samples, 99) - percentile(before!.samples, 99);
+  const top = (m: Migration) => {
+    const total = [...m.waits.values()].reduce((a, b) => a + b, 0);
+    return [...m.waits].sort((a, b) => b[1] - a[1]).slice(0, 6).map(([k, n]) => `${k} ${(100 * n / Math.max(1, total)).toFixed(0)}%`).join('; ');
+  };
+  const waitRows = migrations.map((m) => [m.label, top(m)]);
   const ratio = edited.rowsPerSecond / alone.rowsPerSecond;
   const goals: Goal[] = [
     { name: `migration throughput under ${EDITS_PER_SECOND} edits/s against alone (defaults)`, measured: `${ratio.toFixed(2)}×`,
@@ -142,6 +148,11 @@ export async function run(options: { quick: boolean }): Promise<BenchResult> {
     table(['migration', 'seconds', 'rows/s', 'against alone', 'jobs worked: fresh / backfill', 'backfill\'s share of job time',
       'fresh-edit jobs of the new version'], migrationRows),
     '',
+    '**What the database sessions were doing during each migration** (the worker\'s, the editor\'s and autovacuum\'s; sampled ' +
+      'four times a second from `pg_stat_activity`: wait event or on CPU, and the statement; share of the samples)',
+    '',
+    table(['migration', 'most sampled'], waitRows),
+    '',
     '**Edit latency (ms)**',
     '',
     table(['phase', 'edits', 'seconds', 'p50', 'p95', 'p99', 'max'], latencyRows),
@@ -149,10 +160,10 @@ export async function run(options: { quick: boolean }): Promise<BenchResult> {
     `At ${EDITS_PER_SECOND} edits/s the worker's \`regen.enqueue_fresh\` (every 250 ms) gathers the edits of each interval into jobs ` +
       'of up to 64 rows per version, so an edit does not make a job of its own (the last column above). REGEN_BACKFILL_SHARE of the ' +
       'worker\'s fetch loops (2 of its 4 here) take backfill jobs first whenever backfill waits, the others fresh edits first ' +
-      '(src/worker/loop.ts). Before each prepare and each write the worker applies its rows\' logged edits in a short ' +
-      'transaction of their own (`regen.apply_rows`): applied inside the long prepare or write itself (sql/0020), they held the ' +
-      'source\'s applier lock through its HNSW inserts, and every other batch of the source waited on it (most batches have a row ' +
-      'edited meanwhile at this rate; sampled `pg_stat_activity` showed `Lock/advisory` as the main wait).',
+      '(src/worker/loop.ts). `Lock advisory` in the samples is the source\'s applier lock of sql/0020 (`regen._apply_source`: one ' +
+      'applier of a source at a time, the lock held until the applier\'s transaction commits; `enqueue_fresh`, `prepare_inputs`, ' +
+      '`write_embeddings` and its settle step all apply). The worker applies its rows\' logged edits in a short transaction of ' +
+      'their own before each prepare and each write (`regen.apply_rows`), so that these rarely take it themselves.',
     '',
     '**Targets**',
     '',
@@ -217,8 +228,27 @@ async function migrate(client: pg.Client, url: string, worker: WorkerProcess, na
     }
     done = true;
   })();
+  // what the database's sessions are doing, four times a second: the wait event (or on CPU) and the statement
+  const waits = new Map<string, number>();
+  const sampling = (async () => {
+    const sampler = new pg.Client({ connectionString: url, application_name: 'pgregen bench sampler' });
+    await sampler.connect();
+    try {
+      while (!done) {
+        const { rows: active } = await sampler.query<{ k: string }>(
+          `select coalesce(wait_event_type || ' ' || wait_event, 'on CPU') || ': ' || coalesce(substring(query from 'regen\\.[a-z_]+'), substring(query from '^\\s*(\\S+\\s+\\S+)')) as k
+             from pg_stat_activity where datname = current_database() and state = 'active' and pid <> pg_backend_pid()
+              and application_name not like 'pgregen bench%'`);
+        for (const { k } of active) waits.set(k, (waits.get(k) ?? 0) + 1);
+        await sleep(250);
+      }
+    } finally {
+      await sampler.end();
+    }
+  })();
   const phase = edits ? await editFor(url, name, rows, () => !done, `during the migration, ${label}`) : undefined;
   await finished;
+  await sampling;
   const seconds = (performance.now() - t0) / 1000;
   // the new version's fresh-edit jobs; the jobs the worker started meanwhile, of both versions
   const { rows: [fresh] } = await client.query<{ jobs: number; rows: number; single: number }>(
@@ -236,6 +266,6 @@ async function migrate(client: pg.Client, url: string, worker: WorkerProcess, na
     [at, new Date(at.getTime() + seconds * 1000)]);
   // the edits' last fresh jobs, before the next run
   await waitForBacklog(client, name, 'bench@1', 0, 5 * 60_000, worker);
-  return { label, seconds, done: rows - left, rowsPerSecond: (rows - left) / seconds, edits: phase, jobs: edits ? worked : undefined,
+  return { label, seconds, done: rows - left, rowsPerSecond: (rows - left) / seconds, waits, edits: phase, jobs: edits ? worked : undefined,
     freshJobs: edits ? fresh : undefined };
 }
