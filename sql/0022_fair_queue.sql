@@ -116,7 +116,7 @@ comment on function regen.apply_rows(text, text[]) is
   'which the worker keeps short; returns the changes applied';
 
 -- ---------------------------------------------------------------------------------------------
--- prepare_inputs of sql/0020, with the claims, the deferred rows (a new column, hence drop and
+-- prepare_inputs of sql/0012, applying its rows' logged changes first (sql/0020) and with the claims, the deferred rows (a new column, hence drop and
 -- create) and the forced rebuild's use of vectors stored since its job was enqueued.
 
 drop function regen.prepare_inputs(text, text, text[], uuid, boolean);
