@@ -1,7 +1,7 @@
 -- The change log (issue 13): what a source's capture costs the application's writes is close to
--- what a plain row trigger costs. The trigger evaluates the source's expressions on the one row it
--- fires for and appends the result (tenant, priority, hash of the text, or that the row left the
--- source) to regen._changes; the expensive part it did before, in the application's transaction
+-- what a plain row trigger costs. The trigger evaluates the source's expressions on the row it fires
+-- for (on an INSERT's rows all at once) and appends the result (tenant, priority, hash of the text,
+-- or that the row left the source) to regen._changes; the expensive part it did before, in the application's transaction
 -- (upserting the items, which moves the gap counters, deleting the vectors of deleted rows, moving
 -- vectors with their tenant), happens set-based in regen.apply_changes(): the worker calls it every
 -- REGEN_ENQUEUE_INTERVAL_MS together with regen.enqueue_fresh(), and so do regen.rebuild() and
@@ -11,7 +11,9 @@
 -- logged change as the change left them, so its counts stay exact at every commit.
 --
 -- The triggers (one function per source, as before):
---   AFTER INSERT, FOR EACH ROW                     logs the row as the expressions see it
+--   AFTER INSERT, FOR EACH STATEMENT               logs the statement's rows (its transition table)
+--                                                  as the expressions see them, in one insert
+--                                                  (FOR EACH ROW on a partitioned table)
 --   AFTER UPDATE OF <columns the source reads>     the same (and the old key as gone, should the
 --     FOR EACH ROW WHEN (one of them changed)      key have changed)
 --   AFTER DELETE, FOR EACH ROW                     logs the key as gone
@@ -101,8 +103,11 @@ $$;
 comment on function regen._capture_relation_ok(integer, oid) is
   'Whether a capture function of the source may act for the table that fired it (the source''s table or one of its partitions)';
 
--- The generated capture function: static SQL, one row evaluated, one insert per row (two when the
--- key changed). It acts only when fired by its own table.
+-- The generated capture function: static SQL. A row trigger evaluates its one row and logs it
+-- (two rows when the key changed); the INSERT statement trigger of an ordinary table logs all the
+-- statement's rows in one set-based insert from its transition table (a COPY, an INSERT ... SELECT),
+-- falling back to row by row, each in its own exception block, when an expression raises on one of
+-- them. It acts only when fired by its own table.
 create or replace function regen._capture_function(s regen._sources)
 returns void
 language plpgsql volatile
@@ -110,14 +115,38 @@ as $$
 declare
   v_fn text := format('regen.%I', 'tg_' || s.name || '__capture');
   v_old_tenant text := case when s.tenant_column is null then 'null' else format('(old.%I)::text', s.tenant_column) end;
-  v_new_tenant text := case when s.tenant_column is null then 'null' else format('(new.%I)::text', s.tenant_column) end;
+  v_one_row text;
 begin
+  -- Logs the row in record variable %1$s (the trigger's new, or a transition table's row) as the
+  -- source's expressions see it: no row when it left the source; %2$s is its old tenant, %3$s
+  -- the statement that evaluates the row into v_one.
+  v_one_row := $r$
+      v_error := null;
+      begin
+        %3$s
+      exception when others then
+        v_error := format('an expression of source %%s raised an error on this row: %%s', %4$L, sqlerrm);
+        begin
+          v_tenant := %5$s;
+        exception when others then
+          v_tenant := null;   -- the tenant itself does not compute
+        end;
+      end;
+      if v_error is not null then
+        insert into regen._changes (source_id, row_id, present, tenant, error, old_tenant)
+        values (%6$s, (%1$s.%7$I)::text, true, v_tenant, v_error, %2$s);
+      else
+        insert into regen._changes (source_id, row_id, present, tenant, priority, content_hash, old_tenant)
+        values (%6$s, (%1$s.%7$I)::text, v_one.content_hash is not null, v_one.tenant, v_one.priority, v_one.content_hash, %2$s);
+      end if;$r$;
   execute format($f$
     create or replace function %1$s() returns trigger
     language plpgsql security definer set search_path = %2$s
     as $body$
     declare
       v_one record;
+      v_row record;
+      v_key record;
       v_error text;
       v_tenant text;
     begin
@@ -136,27 +165,25 @@ begin
         delete from regen._items where source_id = %4$s;
         delete from regen._embeddings where source_id = %4$s;
         return null;
+      elsif tg_op = 'INSERT' and tg_level = 'STATEMENT' then
+        -- the statement's rows, in one insert; should an expression raise, row by row
+        begin
+          insert into regen._changes (source_id, row_id, present, tenant, priority, content_hash)
+          select %4$s, (n.%7$I)::text, c.content_hash is not null, c.tenant, c.priority, c.content_hash
+          from new_rows n left join lateral (%9$s) c on true;
+        exception when others then
+          -- (a transition table's row has no type a static statement could name: through jsonb,
+          -- populated as the table's row type as it is named now)
+          for v_row in select to_jsonb(n) as j from new_rows n loop
+            execute replace(%12$L, '$row_type$', tg_relid::regclass::text) into v_key using v_row.j;
+            %10$s
+          end loop;
+        end;
+        return null;
       elsif tg_op = 'UPDATE' and new.%7$I is distinct from old.%7$I then
         insert into regen._changes (source_id, row_id, present, old_tenant) values (%4$s, (old.%7$I)::text, false, %8$s);
       end if;
-      -- the row as the source's expressions see it: no row when it left the source
-      begin
-        select c.tenant, c.priority, c.content_hash into v_one from (%9$s) c;
-      exception when others then
-        v_error := format('an expression of source %%s raised an error on this row: %%s', %6$L, sqlerrm);
-        begin
-          v_tenant := %10$s;
-        exception when others then
-          v_tenant := null;   -- the tenant itself does not compute
-        end;
-      end;
-      if v_error is not null then
-        insert into regen._changes (source_id, row_id, present, tenant, error, old_tenant)
-        values (%4$s, (new.%7$I)::text, true, v_tenant, v_error, %11$s);
-      else
-        insert into regen._changes (source_id, row_id, present, tenant, priority, content_hash, old_tenant)
-        values (%4$s, (new.%7$I)::text, v_one.content_hash is not null, v_one.tenant, v_one.priority, v_one.content_hash, %11$s);
-      end if;
+      %11$s
       return null;
     end
     $body$ $f$,
@@ -168,10 +195,25 @@ begin
     s.name,                                                   -- 6
     s.id_column,                                              -- 7
     v_old_tenant,                                             -- 8
-    regen._capture_select(s, '(select (new).*)'),             -- 9
-    v_new_tenant,                                             -- 10
-    case when s.tenant_column is null then 'null'
-         else format('case when tg_op = ''UPDATE'' then (old.%I)::text end', s.tenant_column) end);   -- 11
+    -- 9: the expressions over one row of the transition table (a row that left the source: no row, present false)
+    regen._capture_select(s, '(select n.*)'),
+    -- 10: the fallback, one row of the transition table at a time (v_key: its id and tenant)
+    format(v_one_row, 'v_key', 'null',
+           format('execute replace(%L, ''$row_type$'', tg_relid::regclass::text) into v_one using v_row.j;',
+                  format('select c.tenant, c.priority, c.content_hash from (%s) c',
+                         regen._capture_select(s, '(select (jsonb_populate_record(null::$row_type$, $1)).*)'))),
+           s.name, 'v_key.tenant', s.id, 'id'),
+    -- 11: a row trigger's row
+    format(v_one_row, 'new',
+           case when s.tenant_column is null then 'null'
+                else format('case when tg_op = ''UPDATE'' then (old.%I)::text end', s.tenant_column) end,
+           format('select c.tenant, c.priority, c.content_hash into v_one from (%s) c;',
+                  regen._capture_select(s, '(select (new).*)')),
+           s.name,
+           case when s.tenant_column is null then 'null' else format('(new.%I)::text', s.tenant_column) end, s.id, s.id_column),
+    -- 12: a transition table's row (as jsonb, $1) to its id and tenant
+    format('select (r.%I)::text as id, %s as tenant from jsonb_populate_record(null::$row_type$, $1) r', s.id_column,
+           case when s.tenant_column is null then 'null::text' else format('(r.%I)::text', s.tenant_column) end));
   execute format('comment on function %s() is %L', v_fn,
                  format('pgregen change capture for source %s, table %s: logs each changed row into regen._changes (generated by regen.register_source)',
                         s.name, s.relation));
@@ -185,7 +227,7 @@ comment on function regen._capture_function(regen._sources) is
 
 create or replace function regen._install_capture(s regen._sources)
 returns void
-language plpgsql volatile
+language plpgsql volatile set client_min_messages = warning   -- no notice for each trigger not there yet
 as $$
 declare
   v_fn text := format('regen.%I', 'tg_' || s.name || '__capture');
@@ -202,8 +244,16 @@ begin
     v_of := ' of ' || (select string_agg(quote_ident(c), ', ') from unnest(v_columns) c);
     v_when := (select string_agg(format('old.%1$I is distinct from new.%1$I', c), ' or ') from unnest(v_columns) c);
   end if;
-  execute format('create trigger %I after insert on %s for each row execute function %s()',
-                 'regen_' || s.name || '_insert', s.relation, v_fn);
+  -- An ordinary table logs an INSERT's rows at the end of the statement, all at once; a partitioned
+  -- one row by row (its row triggers are its partitions' too, so an insert straight into a
+  -- partition is captured; statement triggers are not inherited).
+  if (select c.relkind from pg_class c where c.oid = s.relation) = 'p' then
+    execute format('create trigger %I after insert on %s for each row execute function %s()',
+                   'regen_' || s.name || '_insert', s.relation, v_fn);
+  else
+    execute format('create trigger %I after insert on %s referencing new table as new_rows for each statement execute function %s()',
+                   'regen_' || s.name || '_insert', s.relation, v_fn);
+  end if;
   begin
     execute format('create trigger %I after update%s on %s for each row when (%s) execute function %s()',
                    'regen_' || s.name || '_update', v_of, s.relation, v_when, v_fn);

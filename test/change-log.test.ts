@@ -159,12 +159,39 @@ describe('the capture logs, the apply does the work', () => {
     await db.query(`select regen.register_source('parted', 'parted', 'id', 'body', version => 'test@1')`);
     await db.query(`update parted set body = 'edited' where id in (5, 150)`);
     await db.query(`insert into parted values (199, 'new')`);
-    expect(await gap(db, 'parted')).toMatchObject({ expected: 151, missing: 151 });
+    await db.query(`insert into parted_2 values (180, 'straight into a partition')`);
+    expect(await gap(db, 'parted')).toMatchObject({ expected: 152, missing: 152 });
     await applyChanges(db);
     const { rows } = await db.query(`select count(*)::int as n from regen._items it join regen._sources s on s.id = it.source_id
                                       where s.name = 'parted' and it.fresh`);
-    expect(rows[0].n).toBe(3);
+    expect(rows[0].n).toBe(4);
     await db.query(`select regen.unregister_source('parted')`);
     await db.query('drop table parted');
+  });
+
+  it('a multi-row INSERT is logged in one go; a row an expression raises on fails alone, also after a rename', async () => {
+    await db.query(`create table bulk (id int primary key, tenant text not null, body text, w int not null)`);
+    await db.query(`select regen.register_source('bulk', 'bulk', 'id', 'body', tenant_column => 'tenant',
+                                                 priority_expression => '100 / w', version => 'test@1')`);
+    await db.query(`insert into bulk select g, 't' || g % 3, 'row ' || g, 1 + g % 4 from generate_series(1, 1000) g`);
+    expect(await gap(db, 'bulk')).toMatchObject({ expected: 1000, missing: 1000, failed: 0 });
+    // one row divides by zero, one has no text (not in the source); the others go through
+    await db.query(`insert into bulk values (1001, 'a', 'fine', 2), (1002, 'b', 'broken', 0), (1003, 'c', null, 2), (1004, 'd', 'fine too', 4)`);
+    await db.query('alter table bulk rename to bulk_renamed');
+    await db.query(`insert into bulk_renamed values (1005, 'e', 'after the rename', 5), (1006, 'f', 'broken after the rename', 0)`);
+    const want = { expected: 1005, missing: 1003, failed: 2 };
+    expect(await gap(db, 'bulk')).toMatchObject(want);
+    await applyChanges(db);
+    expect(await gap(db, 'bulk')).toMatchObject(want);
+    const { rows } = await db.query(`
+      select it.row_id, it.tenant, it.priority, it.content_hash = sha256(convert_to(b.body, 'UTF8')) as hashed, it.last_error
+      from regen._items it join regen._sources s on s.id = it.source_id join bulk_renamed b on b.id::text = it.row_id
+      where s.name = 'bulk' and it.row_id in ('7', '1001', '1002', '1005', '1006') order by it.row_id::int`);
+    expect(rows.map((r) => [r.row_id, r.tenant, r.priority, r.hashed])).toEqual([
+      ['7', 't1', 25, true], ['1001', 'a', 50, true], ['1002', 'b', 0, false], ['1005', 'e', 20, true], ['1006', 'f', 0, false]]);
+    expect(rows[2].last_error).toBe('an expression of source bulk raised an error on this row: division by zero');
+    expect(rows[4].last_error).toBe('an expression of source bulk raised an error on this row: division by zero');
+    await db.query(`select regen.unregister_source('bulk')`);
+    await db.query('drop table bulk_renamed');
   });
 });
