@@ -5,7 +5,9 @@
 -- caller's tenant (a view, so an application role sees those of its own tenant only, and executes
 -- no function it did not have).
 --
--- search_scoped and grant_app as in sql/0021_deferred_index.sql and sql/0015_managed_postgres.sql otherwise.
+-- search_scoped as in sql/0015_managed_postgres.sql, plus the exact path whenever the version has
+-- no valid index (being built, or dropped for a large load: sql/0021_deferred_index.sql) and the
+-- tenant none of its own; grant_app as in sql/0015_managed_postgres.sql, plus regen._moved_rows.
 --
 -- Error codes of this file: none.
 
