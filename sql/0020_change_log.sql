@@ -308,6 +308,12 @@ begin
     delete from regen._changes c where c.source_id = _apply_source.source;
     return 0;
   end if;
+  -- Nothing logged for these rows: no lock taken (an applier holds it until its transaction ends,
+  -- and write_embeddings' is a whole HNSW insert long).
+  if not exists (select 1 from regen._changes c
+                 where c.source_id = _apply_source.source and (only_rows is null or c.row_id = any(only_rows))) then
+    return 0;
+  end if;
   if wait then
     perform pg_advisory_xact_lock(hashtext('regen.apply_changes'), _apply_source.source);
   elsif not pg_try_advisory_xact_lock(hashtext('regen.apply_changes'), _apply_source.source) then

@@ -190,6 +190,20 @@ describe('request limits', () => {
   });
 });
 
+describe('write-back', () => {
+  it('writes each provider request back as it answers, not once per batch', async () => {
+    await db.query(`select * from regen.rebuild('policy')`);
+    // one job (64 rows) per batch, four requests of 16 a job, one request in flight at a time
+    worker = await inProcessWorker(env({ REGEN_JOBS_PER_FETCH: '1', REGEN_MAX_INPUTS_PER_REQUEST: '16', REGEN_CONCURRENCY: '1' }));
+    await waitForClosedGap(db, 'policy');
+    // a write's vectors carry its transaction's start: one value per write-back
+    const { rows } = await db.query(`select count(distinct e.embedded_at)::int as writes, count(*)::int as vectors
+                                     from regen._embeddings e join regen._sources s on s.id = e.source_id where s.name = 'policy'`);
+    expect(rows[0].vectors).toBe(300);
+    expect(rows[0].writes).toBeGreaterThanOrEqual(Math.ceil(300 / 16));
+  });
+});
+
 describe('versions', () => {
   it('a worker limited by REGEN_VERSIONS serves only those versions; the others wait for another worker', async () => {
     await db.query(`select regen.create_version('other@1', 'local-hash', $1, settings => '{"send_dimensions": true}')`, [DIMS]);

@@ -116,15 +116,32 @@ async function embedRound(jobs: BatchJob[], deps: BatchDeps, result: BatchResult
       const texts = distinctTexts(group.units, version);
       const requests = pack([...texts.entries()].filter(([, t]) => t.outcome === undefined), version, deps);
       result.providerInputs += requests.reduce((n, r) => n + r.hashes.length, 0);
+      // Each request's rows are written back as soon as it answers (a row whose chunks span requests
+      // once its last one has), so the hottest rows of a batch are searchable before the rest is
+      // embedded; whatever was embedded is stored even if another request of the batch failed.
+      const rows = new Map<string, Unit[]>();
+      for (const unit of group.units) {
+        const id = `${unit.source}\u0000${unit.input.rowId}`;
+        rows.set(id, [...(rows.get(id) ?? []), unit]);
+      }
+      const decided = (u: Unit) => texts.get(u.input.textHash.toString('hex'))?.outcome !== undefined;
+      const flush = async (all: boolean) => {
+        const ready: Unit[] = [];
+        for (const [id, units] of rows) {
+          if (all || units.every(decided)) { ready.push(...units); rows.delete(id); }
+        }
+        if (ready.length === 0) return;
+        const written = await writeBack(ready, texts, deps);
+        result.stored += written.stored;
+        result.refused += written.refused;
+      };
       const settled = await Promise.allSettled(requests.map(async (r) => {
         const outcomes = await deps.provider(group.key?.ref ?? null).embed(r.request, signal);
         r.hashes.forEach((hash, i) => { texts.get(hash)!.outcome = outcomes[i]; });
+        await flush(false);
       }));
       for (const s of settled) if (s.status === 'rejected') errors.push(s.reason);
-      // Whatever was embedded is stored even if another request of the batch failed.
-      const written = await writeBack(group.units, texts, deps);
-      result.stored += written.stored;
-      result.refused += written.refused;
+      await flush(true);
     }
     // cancelled (time limit, jobs lost, shutdown): say why, not how the request ended
     if (errors.length > 0 && signal?.aborted) errors.unshift(signal.reason);
