@@ -569,8 +569,10 @@ $$;
 
 
 -- ---------------------------------------------------------------------------------------------
--- write_embeddings of sql/0016, applying the logged changes of its rows first: a vector for a text
--- the row no longer has is refused as stale, as when the capture updated the items at once.
+-- write_embeddings of sql/0016, reading the logged changes of its rows not yet applied: a vector for
+-- a text the row no longer has is refused as stale, as when the capture updated the items at once.
+-- It applies nothing itself (an applier's lock lasts until its transaction ends: through the whole
+-- insert, while every other batch of the source waited); the settle trigger applies them, at the end.
 create or replace function regen.write_embeddings(
   source text,
   version text,
@@ -582,15 +584,6 @@ create or replace function regen.write_embeddings(
 returns table (row_id text, chunk_no integer, stored boolean, kind text, reason text)
 language sql volatile set jit = off
 as $$
-  -- Changes logged for these rows and not yet applied: applied first (a statement of its own, so the
-  -- next one sees the items they leave), so the hash check compares against the row's text now.
-  -- Without waiting: should another applier hold the source, it applies them, and the settle
-  -- step's item locks order its upsert and this write either way.
-  select regen._apply_source(s.id, write_embeddings.row_ids, wait => false)
-  from regen._sources s
-  where s.name = write_embeddings.source
-    and exists (select 1 from regen._changes c where c.source_id = s.id and c.row_id = any(write_embeddings.row_ids));
-
   -- No lock on the items while the vectors go into the store (and its HNSW index, the slow part):
   -- an edit of these rows commits meanwhile. The settle trigger then locks the items the statement
   -- touched, briefly, and keeps only what still matches: see regen.tg_embeddings__settle.
@@ -612,6 +605,11 @@ as $$
     cross join args a
     left join regen._items it on it.source_id = a.source_id and it.version_id = a.version_id and it.row_id = i.row_id
     left join lateral (
+      select c.present, c.content_hash from regen._changes c
+      where c.source_id = a.source_id and c.row_id = i.row_id
+      order by c.seq desc limit 1
+    ) pending on true
+    left join lateral (
       select c.kind, c.reason from (values
         (cardinality(write_embeddings.row_ids) is distinct from cardinality(write_embeddings.chunk_nos)
            or cardinality(write_embeddings.row_ids) is distinct from cardinality(write_embeddings.content_hashes)
@@ -624,6 +622,11 @@ as $$
         (i.dims <> a.dimensions, 6, 'dimensions', format('expected %s dimensions, not %s', a.dimensions, i.dims)),
         (it.row_id is null, 7, 'untracked', 'row is not tracked for this version: deleted, filtered out, or not registered'),
         (i.content_hash is distinct from it.content_hash, 8, 'stale', 'stale: the source text changed after the input was prepared'),
+        -- a change logged for the row and not applied yet says what it is now (no applier's lock
+        -- is taken here: that would be held through the whole insert below)
+        (pending.present is false, 7, 'untracked', 'row is not tracked for this version: deleted, filtered out, or not registered'),
+        (pending.present and pending.content_hash is distinct from i.content_hash, 8, 'stale',
+         'stale: the source text changed after the input was prepared'),
         (it.plan_hash is distinct from it.content_hash or i.chunk_no is null or i.chunk_no not between 1 and cardinality(it.chunk_hashes),
          9, 'unplanned', format('chunk %s is not among the prepared inputs of this text', i.chunk_no))
       ) c(hit, rank, kind, reason)
@@ -675,7 +678,8 @@ comment on function regen.write_embeddings(text, text, text[], integer[], bytea[
   'Worker-facing: stores vectors whose content hash still matches the source, whose dimensions match the version '
   'and that hold no NaN/Inf; refuses the rest per item with a kind (malformed, unknown_source, unknown_version, duplicate, '
   'nan, dimensions, untracked, stale, unplanned) and a reason (see regen.rejected_writes). Holds no item lock while the '
-  'vectors are inserted; the settle trigger keeps only what still matches. Applies the rows'' logged changes first.';
+  'vectors are inserted; the settle trigger keeps only what still matches. A row with a logged change not yet applied is '
+  'judged by that change.';
 
 -- The settle trigger of sql/0016, applying the logged changes of the rows it settles first: an edit
 -- that committed while the vectors were being inserted leaves its item stale, at once.

@@ -4,7 +4,8 @@
 // nothing, the application never waits on an apply, and concurrent appliers lose no change.
 import { afterAll, beforeEach, describe, expect, it } from 'vitest';
 import { freshDatabase, keepOnFailure, type TestDatabase } from './support/db.ts';
-import { allRowIds, applyChanges, embedRows, gap, setupArticles, sha256 } from './support/fixtures.ts';
+import { allRowIds, applyChanges, embedRows, gap, setupArticles, sha256, vectorOf } from './support/fixtures.ts';
+import { prepareInputs, writeEmbeddings } from '../src/store.ts';
 import { createRole, searchAs, type TestRole } from './support/search.ts';
 
 const db: TestDatabase = await freshDatabase();
@@ -149,6 +150,28 @@ describe('the capture logs, the apply does the work', () => {
       select count(*)::int as wrong from articles a join regen._items it on it.row_id = a.id::text
       where it.content_hash <> sha256(convert_to(a.title || E'\\n\\n' || coalesce(a.body, ''), 'UTF8'))`);
     expect(rows[0].wrong).toBe(0);
+  });
+
+  it('a write judges its rows by their logged changes, not yet applied: a new text refuses, a new priority does not', async () => {
+    await db.query(`update articles set body = 'edited' where id = 1`);
+    await applyChanges(db);
+    const inputs = await prepareInputs(db, 'articles', 'test@1', ['1', '2', '3'], { force: true });   // current rows too
+    await db.query(`update articles set body = 'edited again' where id = 1`);   // the text: stale
+    await db.query(`update articles set views = views + 100 where id = 2`);    // the priority: the vector holds
+    await db.query(`delete from articles where id = 3`);                        // gone
+    expect(await logged()).toBe(3);
+    const results = await writeEmbeddings(db, 'articles', 'test@1', inputs.map((i) => ({
+      rowId: i.rowId, chunkNo: i.chunkNo, contentHash: i.contentHash, embedding: vectorOf(i.input ?? ''),
+    })));
+    expect(results.map((r) => [r.rowId, r.stored, r.kind])).toEqual([['1', false, 'stale'], ['2', true, null], ['3', false, 'untracked']]);
+    expect(await logged()).toBe(2);   // the settle step applied row 2's; rows 1 and 3 wait for the worker's apply
+    const live = await liveGap();
+    expect(live).toMatchObject({ stale: 1 });
+    expect(await gap(db)).toMatchObject(live);
+    await applyChanges(db);
+    expect(await gap(db)).toMatchObject(live);
+    const { rows } = await db.query(`select priority from regen._items where row_id = '2'`);
+    expect(rows[0].priority).toBeGreaterThanOrEqual(100);
   });
 
   it('a partitioned source: its partitions fire the capture', async () => {
