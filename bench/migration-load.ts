@@ -161,8 +161,9 @@ export async function run(options: { quick: boolean }): Promise<BenchResult> {
       'of up to 64 rows per version, so an edit does not make a job of its own (the last column above). REGEN_BACKFILL_SHARE of the ' +
       'worker\'s fetch loops (2 of its 4 here) take backfill jobs first whenever backfill waits, the others fresh edits first ' +
       '(src/worker/loop.ts). `Lock advisory` in the samples is the source\'s applier lock of sql/0020 (`regen._apply_source`: one ' +
-      'applier of a source at a time, the lock held until the applier\'s transaction commits; `enqueue_fresh`, `prepare_inputs`, ' +
-      '`write_embeddings` and its settle step all apply). The worker applies its rows\' logged edits in a short transaction of ' +
+      'applier of a source at a time, the lock held until the applier\'s transaction commits; `enqueue_fresh`, `prepare_inputs` ' +
+      'and the settle step of `write_embeddings` apply, only when their rows have logged changes; `write_embeddings` itself judges ' +
+      'its rows by their logged changes and takes no lock). The worker applies its rows\' logged edits in a short transaction of ' +
       'their own before each prepare and each write (`regen.apply_rows`), so that these rarely take it themselves.',
     '',
     '**Targets**',
