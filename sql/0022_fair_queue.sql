@@ -134,7 +134,6 @@ declare
   v_live text;
   v_drifted text[];
   v_requeue text[];
-  v_waiting text[] := '{}';
   v_broken text[] := '{}';
   v_id text;
   v_since timestamptz;
@@ -160,16 +159,8 @@ begin
 
   -- Changes logged for these rows and not yet applied: apply them now (before taking any item lock,
   -- in the order every applier takes them), so the items record the text the inputs are read from.
-  -- A worker's job does not wait for another applier of the source (the lock would then be held
-  -- through this whole prepare, and every other batch of the source would queue behind it): the
-  -- rows still waiting for their changes come back deferred, prepared again in a moment.
   if exists (select 1 from regen._changes c where c.source_id = v_source.id and c.row_id = any(v_rows)) then
-    perform regen._apply_source(v_source.id, v_rows, wait => job_id is null);
-    if job_id is not null then
-      v_waiting := array(select distinct c.row_id from regen._changes c
-                         where c.source_id = v_source.id and c.row_id = any(v_rows));
-      v_rows := array(select r from unnest(v_rows) r where r <> all(v_waiting));
-    end if;
+    perform regen._apply_source(v_source.id, v_rows);
   end if;
 
   -- Lock the items in the order write_embeddings and the appliers take them (so they never
@@ -293,13 +284,11 @@ begin
                  and row_number() over (partition by o.text_hash order by o.row_id, o.chunk_no) = 1 then o.input end,
            o.deferred
     from open o
-    union all
-    select w.row_id, null::integer, null::bytea, null::bytea, null::text, true from unnest($10::text[]) w(row_id)
-    order by 1, 2$f$,
+    order by o.row_id, o.chunk_no$f$,
     v_alias, v_source.id_column, v_source.content_expression, v_source.relation, v_source.id_type)
   using v_rows, v_source.id, v_version.id, v_version.settings,
         (v_version.settings->>'chunk_chars')::integer, (v_version.settings->>'chunk_overlap')::integer, force,
-        v_since, job_id, v_waiting;
+        v_since, job_id;
   perform set_config('search_path', v_old_path, true);
 
   -- drifted items go back to the queue as backfill, with the hash of what was read
@@ -312,8 +301,7 @@ comment on function regen.prepare_inputs(text, text, text[], uuid, boolean) is
   'Worker-facing: turns row ids into provider inputs for a version, settling cache hits without a provider call; '
   'job_id (the pg-boss job being worked) takes the items out of the queue and claims the texts left for the provider, '
   'so that a text is embedded by one batch at a time: rows whose text another active job has claimed come back '
-  'deferred (no input), to be prepared again once that job is done, as do rows whose logged changes another applier is '
-  'applying. force re-embeds current rows and skips the cache, '
+  'deferred (no input), to be prepared again once that job is done. force re-embeds current rows and skips the cache, '
   'but for vectors stored since the job was enqueued. A row whose text no longer matches its captured hash is '
   're-queued once, then failed; a row whose expression raises fails.';
 

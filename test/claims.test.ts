@@ -108,29 +108,6 @@ describe('claims, in SQL', () => {
   });
 });
 
-describe('a job and the applier lock', () => {
-  beforeEach(() => reset(`values (1, 'one', 4), (2, 'two', 3)`));
-
-  it('rows whose logged changes another applier holds come back deferred, without waiting; then they are prepared', async () => {
-    const job = await activeJob(['1', '2']);
-    await db.query(`update pages set body = 'one, edited' where id = 1`);
-    const applier = await db.pool.connect();
-    try {
-      // another applier of the source (the interval applier, a settle step) is at it
-      await applier.query('begin');
-      await applier.query(`select pg_advisory_xact_lock(hashtext('regen.apply_changes'), (select id from regen._sources where name = 'pages'))`);
-      // (before, the prepare waited here for the lock: until the test timed out)
-      const first = await prepare(['1', '2'], job);
-      expect(shape(first)).toEqual([{ row: '1', input: null, deferred: true }, { row: '2', input: 'two', deferred: false }]);
-      await applier.query('commit');
-    } finally {
-      applier.release();
-    }
-    const again = await prepare(['1'], job);
-    expect(shape(again)).toEqual([{ row: '1', input: 'one, edited', deferred: false }]);
-  });
-});
-
 describe('claims, through the worker', () => {
   let server: EmbeddingServer;
   let worker: RunningWorker | undefined;
