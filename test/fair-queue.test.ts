@@ -97,12 +97,13 @@ describe('the backfill keeps its share under a steady stream of edits', () => {
   it('with REGEN_BACKFILL_SHARE=0 the edits take every job while they wait (the starvation the share prevents)', async () => {
     await db.query(`select * from regen.rebuild()`);
     worker = await inProcessWorker(env('0'));
-    const window = await editStream(4_000);
+    // a shorter stream than above: every edit is a fresh job, all of which drain before the backfill
+    const window = await editStream(2_000);
     const started = await jobsStarted(window);
     expect(started.fresh).toBeGreaterThan(5);
     expect(started.backfill / (started.fresh + started.backfill)).toBeLessThan(0.2);
-    await waitForClosedGap(db, 'notes', 120_000);   // once the edits stop, the backfill runs
-  }, 150_000);
+    await waitForClosedGap(db, 'notes', 200_000);   // once the edits stop, the backfill runs
+  }, 240_000);
 
   it('with only backfill waiting, the backfill gets every job of a fetch', async () => {
     await db.query(`select * from regen.rebuild()`);
