@@ -108,8 +108,7 @@ language sql volatile
 as $$
   select coalesce(sum(regen._apply_source(s.id, apply_rows.row_ids)), 0)::bigint
   from regen._sources s
-  where s.name = apply_rows.source
-    and exists (select 1 from regen._changes c where c.source_id = s.id and c.row_id = any(apply_rows.row_ids))
+  where s.name = apply_rows.source   -- nothing logged for the rows: _apply_source takes no lock
 $$;
 comment on function regen.apply_rows(text, text[]) is
   'Worker-facing: applies the logged changes of these rows of a source (regen._apply_source) in the caller''s transaction, '
@@ -159,9 +158,8 @@ begin
 
   -- Changes logged for these rows and not yet applied: apply them now (before taking any item lock,
   -- in the order every applier takes them), so the items record the text the inputs are read from.
-  if exists (select 1 from regen._changes c where c.source_id = v_source.id and c.row_id = any(v_rows)) then
-    perform regen._apply_source(v_source.id, v_rows);
-  end if;
+  -- (_apply_source returns at once, taking no lock, when nothing is logged for them)
+  perform regen._apply_source(v_source.id, v_rows);
 
   -- Lock the items in the order write_embeddings and the appliers take them (so they never
   -- deadlock); the statements below see the latest text the items record.
