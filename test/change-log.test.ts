@@ -174,6 +174,43 @@ describe('the capture logs, the apply does the work', () => {
     expect(rows[0].priority).toBeGreaterThanOrEqual(100);
   });
 
+  it('a batch\'s prepare never waits on an applier: a row with a logged new text or delete is left to it', async () => {
+    // rows 1-6 edited, in one fresh job that a worker has taken
+    await db.query(`update articles set body = 'new ' || id where id <= 6`);
+    expect(Number((await db.query('select regen.enqueue_fresh() as n')).rows[0].n)).toBe(6);
+    const { rows: [{ job }] } = await db.query(`select queue_job as job from regen._items where row_id = '1'`);
+    await db.query(`update pgboss.job set state = 'active', started_on = now() where id = $1`, [job]);
+    await db.query(`update articles set body = 'newer 1' where id = 1`);      // a new text: the applier's (a fresh job)
+    await db.query(`delete from articles where id = 2`);                      // gone: the applier's
+    await db.query(`update articles set views = views + 50 where id = 3`);   // a new priority: prepared as it is
+    const [applier, worker] = [await db.pool.connect(), await db.pool.connect()];
+    try {
+      await applier.query('begin');
+      // an applier of the source at work, holding the source's lock until it commits
+      await applier.query(`select pg_advisory_xact_lock(hashtext('regen.apply_changes'), (select id from regen._sources where name = 'articles'))`);
+      await worker.query(`set statement_timeout = '5s'`);   // waiting on the applier would fail here
+      const inputs = await prepareInputs(worker, 'articles', 'test@1', ['1', '2', '3', '4', '5', '6'], { jobId: job });
+      expect([...new Set(inputs.map((i) => i.rowId))]).toEqual(['3', '4', '5', '6']);
+      const written = await writeEmbeddings(worker, 'articles', 'test@1', inputs.map((i) => ({
+        rowId: i.rowId, chunkNo: i.chunkNo, contentHash: i.contentHash, embedding: vectorOf(i.input ?? '') })));
+      expect(written.every((w) => w.stored)).toBe(true);
+    } finally {
+      await applier.query('rollback');
+      applier.release();
+      worker.release(true);
+    }
+    // the applier then does what the changes call for; row 1 waits for its fresh job once this job is done
+    await db.query(`update pgboss.job set state = 'completed' where id = $1`, [job]);
+    await applyChanges(db);
+    const { rows } = await db.query(`select row_id, fresh, embedded_hash = content_hash as current, priority from regen._items
+                                      where row_id in ('1', '2', '3') order by row_id`);
+    expect(rows).toEqual([{ row_id: '1', fresh: true, current: false, priority: 1 }, { row_id: '3', fresh: false, current: true, priority: 53 }]);
+    expect(Number((await db.query('select regen.enqueue_fresh() as n')).rows[0].n)).toBe(1);
+    const live = await liveGap();
+    expect(live).toMatchObject({ stale: 1, current: 28 });
+    expect(await gap(db)).toMatchObject(live);
+  });
+
   it('a partitioned source: its partitions fire the capture', async () => {
     await db.query(`create table parted (id int primary key, body text not null) partition by range (id)`);
     await db.query(`create table parted_1 partition of parted for values from (0) to (100)`);

@@ -1,0 +1,256 @@
+-- prepare_inputs without the source's applier lock, and with its item locks held only briefly
+-- (issue 13, item 2: under a steady stream of edits a migration keeps its share of the worker).
+--
+-- Until now prepare_inputs applied its rows' logged changes itself (sql/0022), under the source's
+-- applier lock, and locked its items before reading the source rows: both held until the statement
+-- committed, through the reading, chunking and hashing of every text and the cache lookups. Under
+-- 50 edits/s most backfill batches had a row edited since the worker's own apply_rows call a few
+-- milliseconds earlier, so each prepare took the lock; the appliers (regen.enqueue_fresh and the
+-- other batches' apply_rows) queued behind it, and an applier that reached one of the locked items
+-- held every other applier of the source back while it waited.
+--
+-- Now a prepare reads first, locks last:
+--   1. (Called by hand, without a job, the rows' logged changes are applied first, as before.)
+--      One read-only statement (no lock of any kind) reads the rows' texts, the hashes their items
+--      record and the latest change logged for each row, all in one snapshot, and makes the plan:
+--      the chunks and their hashes. A row whose logged change the applier has not yet folded in
+--      (deleted, filtered out, a new text, an expression error) is left out: the applier does what
+--      that change calls for (a new text is marked fresh and gets a fresh job of its own once this
+--      job ends; sql/0020's enqueue_fresh). A change of priority or tenant alone does not keep the
+--      row out; the settle step moves vectors to the row's tenant.
+--   2. Then, briefly: the items are locked in the order every applier takes them; rows whose text
+--      was found changed without a logged change are the drifted rows of sql/0012, as before; and one
+--      statement records the plan, stores the cache hits and claims the rest, for the rows whose items
+--      still record the text that was read (an apply that committed in between took the others).
+--
+-- Error codes of this file: none new.
+
+create or replace function regen.prepare_inputs(source text, version text, row_ids text[], job_id uuid default null, force boolean default false)
+returns table (row_id text, chunk_no integer, content_hash bytea, text_hash bytea, input text, deferred boolean)
+language plpgsql volatile set jit = off
+as $$
+declare
+  v_source regen._sources := regen._source(source);
+  v_version regen._versions;
+  v_old_path text := current_setting('search_path');
+  v_rows text[] := prepare_inputs.row_ids;
+  v_alias text;
+  v_live text;
+  v_read text;
+  v_broken text[] := '{}';
+  v_id text;
+  v_since timestamptz;
+  -- what the read found: drifted rows (their hash now and the one their item recorded), and the plan
+  v_drift_rows text[];
+  v_drift_now bytea[];
+  v_drift_seen bytea[];
+  v_requeue text[];
+  v_plan_rows text[];
+  v_plan_chunks integer[];
+  v_plan_contents bytea[];
+  v_plan_texts bytea[];
+  v_plan_inputs text[];
+begin
+  select * into v_version from regen._versions v where v.id = regen._version_id(version);
+  if not exists (select 1 from regen._source_versions sv where sv.source_id = v_source.id and sv.version_id = v_version.id) then
+    raise exception 'source % does not use version %', v_source.name, v_version.tag
+      using errcode = 'RG001', hint = 'see regen.embedding_gap for the versions each source uses';
+  end if;
+  v_alias := (select c.relname from pg_class c where c.oid = v_source.relation);
+  -- With force the cache is skipped, except for vectors stored since this job was enqueued: those
+  -- were embedded by this rebuild (another of its batches, or an earlier attempt of this job).
+  if force and job_id is not null then
+    v_since := regen._job_created(v_version.id, job_id);
+  end if;
+
+  -- A job works only the items that still name it: an item moved to a later job is that job's.
+  -- Called by hand (no job), the rows' logged changes are applied first, in the caller's
+  -- transaction, so that it sees every row as it is now; the worker has applied them already, in a
+  -- short transaction of its own (regen.apply_rows), and leaves what was logged since to the applier.
+  if job_id is not null then
+    v_rows := array(select it.row_id from regen._items it
+                    where it.source_id = v_source.id and it.version_id = v_version.id
+                      and it.row_id = any(prepare_inputs.row_ids) and it.queue_job = prepare_inputs.job_id);
+  else
+    perform regen._apply_source(v_source.id, v_rows);
+  end if;
+
+  -- 1. The read: texts, recorded hashes and logged changes in one snapshot; no lock taken.
+  v_live := format('select (%1$I.%2$I)::text as row_id, (%3$s)::text as content from %4$s as %1$I',
+                   v_alias, v_source.id_column, v_source.content_expression, v_source.relation);
+  v_read := format($f$
+    with live as materialized (%1$s where %2$I.%3$I = any($1::%4$s[])),   -- evaluated once per row
+    seen as (
+      select l.row_id, l.content, sha256(convert_to(l.content, 'UTF8')) as hash, it.content_hash as recorded,
+             it.embedded_hash,
+             -- a logged change that the applier has yet to fold in, and that is more than a new
+             -- priority or tenant: the row is the applier's
+             c.present is not null
+               and (not c.present or c.error is not null or c.content_hash is distinct from it.content_hash) as applier
+      from live l
+      join regen._items it on it.source_id = $2 and it.version_id = $3 and it.row_id = l.row_id
+      left join lateral (select c.present, c.error, c.content_hash from regen._changes c
+                         where c.source_id = $2 and c.row_id = l.row_id order by c.seq desc limit 1) c on true
+    ), drifted as (
+      select s.* from seen s where not s.applier and s.content is not null and s.hash <> s.recorded
+    ), plan as (
+      select s.row_id, ch.chunk_no, s.hash as content_hash, sha256(convert_to(ch.chunk, 'UTF8')) as text_hash, ch.chunk as input
+      from seen s
+      cross join lateral regen.chunk_text(regen.preprocess(s.content, $4), $5, $6) ch
+      where not s.applier and s.hash = s.recorded and ($7 or s.embedded_hash is distinct from s.hash)
+    )
+    select (select coalesce(array_agg(d.row_id order by d.row_id), '{}') from drifted d),
+           (select coalesce(array_agg(d.hash order by d.row_id), '{}') from drifted d),
+           (select coalesce(array_agg(d.recorded order by d.row_id), '{}') from drifted d),
+           coalesce(array_agg(p.row_id order by p.row_id, p.chunk_no), '{}'),
+           coalesce(array_agg(p.chunk_no order by p.row_id, p.chunk_no), '{}'),
+           coalesce(array_agg(p.content_hash order by p.row_id, p.chunk_no), '{}'),
+           coalesce(array_agg(p.text_hash order by p.row_id, p.chunk_no), '{}'),
+           coalesce(array_agg(p.input order by p.row_id, p.chunk_no), '{}')
+    from plan p$f$,
+    v_live, v_alias, v_source.id_column, v_source.id_type);
+
+  perform set_config('search_path', v_source.expression_search_path, true);
+  begin
+    execute v_read
+      into v_drift_rows, v_drift_now, v_drift_seen, v_plan_rows, v_plan_chunks, v_plan_contents, v_plan_texts, v_plan_inputs
+      using v_rows, v_source.id, v_version.id, v_version.settings,
+            (v_version.settings->>'chunk_chars')::integer, (v_version.settings->>'chunk_overlap')::integer, force;
+  exception when others then
+    -- some row's expression raises: those rows fail alone, with the error; the others are read again
+    foreach v_id in array v_rows loop
+      begin
+        execute format('%s where (%I.%I)::text = $1', v_live, v_alias, v_source.id_column) using v_id;
+      exception when others then
+        v_broken := v_broken || v_id;
+        update regen._items it
+           set failed_hash = it.content_hash, queue_job = null, attempts = it.attempts + 1, changed_at = now(),
+               last_error = format('an expression of source %s raised an error on this row: %s', v_source.name, sqlerrm)
+         where it.source_id = v_source.id and it.version_id = v_version.id and it.row_id = v_id;
+      end;
+    end loop;
+    v_rows := array(select r from unnest(v_rows) r where r <> all(v_broken));
+    execute v_read
+      into v_drift_rows, v_drift_now, v_drift_seen, v_plan_rows, v_plan_chunks, v_plan_contents, v_plan_texts, v_plan_inputs
+      using v_rows, v_source.id, v_version.id, v_version.settings,
+            (v_version.settings->>'chunk_chars')::integer, (v_version.settings->>'chunk_overlap')::integer, force;
+  end;
+  perform set_config('search_path', v_old_path, true);
+
+  -- 2. The writes, under item locks taken in the order write_embeddings and the appliers take them
+  -- (so they never deadlock), held until the caller commits: right after this, in the worker.
+  perform 1 from regen._items it
+   where it.source_id = v_source.id and it.version_id = v_version.id
+     and it.row_id = any(v_plan_rows || v_drift_rows)
+   order by it.row_id
+   for update;
+
+  -- A text that changed without an edit between two reads (sql/0012): re-queued once, then failed.
+  -- Only while the item still records the hash that was read next to it: an apply since then wins.
+  if cardinality(v_drift_rows) > 0 then
+    with drifted as (
+      update regen._items it
+         set content_hash = d.hash_now, drifts = it.drifts + 1, changed_at = now(), queue_job = null,
+             failed_hash = case when it.drifts >= 1 then d.hash_now end,
+             last_error = case when it.drifts >= 1
+               then 'the text changed again without an edit between two reads: the content expression does not give '
+                    'the same text for the same row (a volatile function, or one marked IMMUTABLE that is not)'
+               else it.last_error end,
+             attempts = it.attempts + (it.drifts >= 1)::integer
+        from unnest(v_drift_rows, v_drift_now, v_drift_seen) as d(row_id, hash_now, seen)
+       where it.source_id = v_source.id and it.version_id = v_version.id and it.row_id = d.row_id
+         and it.content_hash = d.seen
+      returning it.row_id, it.failed_hash is null as requeue)
+    select coalesce(array_agg(d.row_id) filter (where d.requeue), '{}') into v_requeue from drifted d;
+  end if;
+
+  -- One statement, so the settle trigger of the cache-hit insert sees the recorded plan.
+  return query
+    with plan as (
+      -- the rows whose items still record the text that was read (under the lock, so they stay so)
+      select p.row_id, p.chunk_no, p.content_hash, p.text_hash, p.input, it.tenant
+      from unnest(v_plan_rows, v_plan_chunks, v_plan_contents, v_plan_texts, v_plan_inputs)
+             as p(row_id, chunk_no, content_hash, text_hash, input)
+      join regen._items it on it.source_id = v_source.id and it.version_id = v_version.id and it.row_id = p.row_id
+      where it.content_hash = p.content_hash
+    ), recorded as (
+      -- the chunks that make up the current text (written only where it changed)
+      update regen._items it
+         set plan_hash = p.content_hash, chunk_hashes = p.hashes
+        from (select p.row_id, p.content_hash, array_agg(p.text_hash order by p.chunk_no) as hashes
+                from plan p group by p.row_id, p.content_hash) p
+       where it.source_id = v_source.id and it.version_id = v_version.id and it.row_id = p.row_id
+         and it.content_hash = p.content_hash
+         and (it.plan_hash, it.chunk_hashes) is distinct from (p.content_hash, p.hashes)
+      returning 1
+    ), pending as (
+      -- chunks not already stored under the current text
+      select p.* from plan p
+      where force or not exists (select 1 from regen._embeddings e
+                                 where e.version_id = v_version.id and e.source_id = v_source.id and e.row_id = p.row_id
+                                   and e.chunk_no = p.chunk_no and e.text_hash = p.text_hash and e.content_hash = p.content_hash)
+    ), known as (
+      -- the cache: any vector of the same text in the store, else one that left the store (with
+      -- force: only a vector stored since the job was enqueued)
+      select t.*, coalesce(
+               (select e.embedding from regen._embeddings e where e.version_id = v_version.id and e.text_hash = t.text_hash
+                  and (not force or e.embedded_at >= v_since) limit 1),
+               case when not force then (select c.embedding from regen._cache c
+                                         where c.version_id = v_version.id and c.text_hash = t.text_hash) end)
+             as embedding
+      from pending t
+    ), stored as (
+      insert into regen._embeddings as e (version_id, source_id, row_id, chunk_no, tenant, content_hash, text_hash, embedding)
+      select v_version.id, v_source.id, k.row_id, k.chunk_no, k.tenant, k.content_hash, k.text_hash, k.embedding
+      from known k where k.embedding is not null
+      on conflict on constraint _embeddings_pkey do update   -- (version_id, source_id, row_id, chunk_no)
+        set tenant = excluded.tenant, content_hash = excluded.content_hash, text_hash = excluded.text_hash,
+            embedding = excluded.embedding, embedded_at = now()
+      returning 1
+    ), claimed as (
+      -- what is left for the provider is claimed for this job, text by text in hash order (so two
+      -- batches never wait on each other in a cycle). A claim of another job that is still being
+      -- worked stays; a lapsed one (its job ended, failed or was taken back) is taken over.
+      insert into regen._claims as c (version_id, text_hash, job_id)
+      select distinct v_version.id, k.text_hash, prepare_inputs.job_id from known k
+      where k.embedding is null and prepare_inputs.job_id is not null
+      order by 2
+      on conflict on constraint _claims_pkey do update set job_id = excluded.job_id, claimed_at = now()
+        where c.job_id = excluded.job_id or not regen._job_active(c.version_id, c.job_id)
+      returning c.text_hash
+    ), open as (
+      -- deferred: claimed by another job, or written since this statement began (by a batch whose
+      -- claim ended meanwhile): prepared again, it is a cache hit
+      select k.*, prepare_inputs.job_id is not null
+                  and (not exists (select 1 from claimed c where c.text_hash = k.text_hash) or d.stored_now) as deferred
+      from known k
+      left join (select c.text_hash,
+                        regen._stored_now(v_version.id, c.text_hash, case when force then coalesce(v_since, 'infinity') end) as stored_now
+                   from claimed c) d on d.text_hash = k.text_hash
+      where k.embedding is null
+    )
+    -- what is left for the provider; a text shared by several rows is sent once; a text another
+    -- batch is embedding right now is not sent (deferred: its rows wait for that batch)
+    select o.row_id, o.chunk_no, o.content_hash, o.text_hash,
+           case when not o.deferred
+                 and row_number() over (partition by o.text_hash order by o.row_id, o.chunk_no) = 1 then o.input end,
+           o.deferred
+    from open o
+    order by o.row_id, o.chunk_no;
+
+  -- drifted items go back to the queue as backfill, with the hash of what was read
+  if cardinality(v_requeue) > 0 then
+    perform regen._enqueue(v_source.id, v_version.id, v_requeue, false);
+  end if;
+end
+$$;
+comment on function regen.prepare_inputs(text, text, text[], uuid, boolean) is
+  'Worker-facing: turns row ids into provider inputs for a version, settling cache hits without a provider call; '
+  'job_id (the pg-boss job being worked) takes the items out of the queue and claims the texts left for the provider, '
+  'so that a text is embedded by one batch at a time: rows whose text another active job has claimed come back '
+  'deferred (no input), to be prepared again once that job is done. force re-embeds current rows and skips the cache, '
+  'but for vectors stored since the job was enqueued. A row with a logged change the applier has yet to fold in (other '
+  'than a new priority or tenant) is left to the applier (called without job_id, the rows'' changes are applied first). A row whose text no longer matches its captured hash is '
+  're-queued once, then failed; a row whose expression raises fails. Reads without locks; locks its items only to write.';
+
+select regen._refresh_grants();
