@@ -35,6 +35,8 @@ interface Migration {
   jobs?: { fresh: number; backfill: number; time: number };
   freshJobs?: { jobs: number; rows: number; single: number };
   waits: Map<string, number>;
+  /** What the session holding a source's applier lock was doing; '' counts the samples. */
+  heldBy: Map<string, number>;
 }
 
 export async function run(options: { quick: boolean }): Promise<BenchResult> {
@@ -114,7 +116,13 @@ export async function run(options: { quick: boolean }): Promise<BenchResult> {
     const total = [...m.waits.values()].reduce((a, b) => a + b, 0);
     return [...m.waits].sort((a, b) => b[1] - a[1]).slice(0, 6).map(([k, n]) => `${k} ${(100 * n / Math.max(1, total)).toFixed(0)}%`).join('; ');
   };
-  const waitRows = migrations.map((m) => [m.label, top(m)]);
+  const holders = (m: Migration) => {
+    const samples = m.heldBy.get('') ?? 0;
+    const held = [...m.heldBy].filter(([k]) => k !== '').sort((a, b) => b[1] - a[1]);
+    if (held.length === 0) return 'never held when sampled';
+    return held.slice(0, 4).map(([k, n]) => `${k} ${(100 * n / Math.max(1, samples)).toFixed(0)}%`).join('; ');
+  };
+  const waitRows = migrations.map((m) => [m.label, top(m), holders(m)]);
   const ratio = edited.rowsPerSecond / alone.rowsPerSecond;
   const goals: Goal[] = [
     { name: `migration throughput under ${EDITS_PER_SECOND} edits/s against alone (defaults)`, measured: `${ratio.toFixed(2)}×`,
@@ -149,9 +157,10 @@ export async function run(options: { quick: boolean }): Promise<BenchResult> {
       'fresh-edit jobs of the new version'], migrationRows),
     '',
     '**What the database sessions were doing during each migration** (the worker\'s, the editor\'s and autovacuum\'s; sampled ' +
-      'four times a second from `pg_stat_activity`: wait event or on CPU, and the statement; share of the samples)',
+      'four times a second from `pg_stat_activity`: wait event or on CPU, and the statement; share of the samples; and the ' +
+      'sessions holding a source\'s applier lock at those moments, from `pg_locks`: what they were doing, share of all samples)',
     '',
-    table(['migration', 'most sampled'], waitRows),
+    table(['migration', 'most sampled', 'applier lock held by'], waitRows),
     '',
     '**Edit latency (ms)**',
     '',
@@ -231,6 +240,7 @@ async function migrate(client: pg.Client, url: string, worker: WorkerProcess, na
   })();
   // what the database's sessions are doing, four times a second: the wait event (or on CPU) and the statement
   const waits = new Map<string, number>();
+  const heldBy = new Map<string, number>();
   const sampling = (async () => {
     const sampler = new pg.Client({ connectionString: url, application_name: 'pgregen bench sampler' });
     await sampler.connect();
@@ -241,6 +251,14 @@ async function migrate(client: pg.Client, url: string, worker: WorkerProcess, na
              from pg_stat_activity where datname = current_database() and state = 'active' and pid <> pg_backend_pid()
               and application_name not like 'pgregen bench%'`);
         for (const { k } of active) waits.set(k, (waits.get(k) ?? 0) + 1);
+        // who holds a source's applier lock (sql/0020's two-key advisory lock), and what it is doing
+        const { rows: holders } = await sampler.query<{ k: string }>(
+          `select case when a.state = 'active' then coalesce(a.wait_event_type || ' ' || a.wait_event, 'on CPU') else a.state end
+                  || ': ' || coalesce(substring(a.query from 'regen\\.[a-z_]+'), substring(a.query from '^\\s*(\\S+\\s+\\S+)')) as k
+             from pg_locks l join pg_stat_activity a on a.pid = l.pid
+            where l.locktype = 'advisory' and l.objsubid = 2 and l.granted and l.database = (select oid from pg_database where datname = current_database())`);
+        for (const { k } of holders) heldBy.set(k, (heldBy.get(k) ?? 0) + 1);
+        heldBy.set('', (heldBy.get('') ?? 0) + 1);   // the samples taken
         await sleep(250);
       }
     } finally {
@@ -267,6 +285,6 @@ async function migrate(client: pg.Client, url: string, worker: WorkerProcess, na
     [at, new Date(at.getTime() + seconds * 1000)]);
   // the edits' last fresh jobs, before the next run
   await waitForBacklog(client, name, 'bench@1', 0, 5 * 60_000, worker);
-  return { label, seconds, done: rows - left, rowsPerSecond: (rows - left) / seconds, waits, edits: phase, jobs: edits ? worked : undefined,
+  return { label, seconds, done: rows - left, rowsPerSecond: (rows - left) / seconds, waits, heldBy, edits: phase, jobs: edits ? worked : undefined,
     freshJobs: edits ? fresh : undefined };
 }

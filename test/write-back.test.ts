@@ -106,6 +106,33 @@ describe('invariant 2: a vector is current only while its hash equals what the v
     expect((await db.query(`select embedded_hash is not distinct from content_hash as current from regen._items where row_id = '3'`)).rows[0])
       .toEqual({ current: false });
   });
+
+  it('the applier never waits for a write to insert its vectors, also when the write refuses a row as stale', async () => {
+    const [three, four] = [await prepared('3'), await prepared('4')];
+    await db.query(`update articles set body = 'edited before the write' where id = 3`);   // logged: row 3's vector is stale
+    await db.query(`create function public.slow_insert() returns trigger language plpgsql as $$
+                    begin perform pg_sleep(1.5); return new; end $$`);
+    await db.query(`create trigger slow before insert on regen._embeddings for each row execute function public.slow_insert()`);
+    try {
+      const write = writeEmbeddings(db, 'articles', 'test@1', [
+        { rowId: '3', chunkNo: 1, contentHash: three.contentHash, embedding: vectorOf('3') },
+        { rowId: '4', chunkNo: 1, contentHash: four.contentHash, embedding: vectorOf('4') }]);
+      await new Promise((r) => setTimeout(r, 300));   // the write is inserting row 4's vector now
+      const started = Date.now();
+      await db.query(`update articles set body = 'edited again' where id = 3`);
+      expect(Number((await db.query('select regen.apply_changes() as n')).rows[0].n)).toBe(2);
+      expect(Number((await db.query('select regen.enqueue_fresh() as n')).rows[0].n)).toBe(1);   // row 3, as a fresh edit
+      const waited = Date.now() - started;
+      expect((await write).map((w) => [w.rowId, w.kind])).toEqual([['3', 'stale'], ['4', null]]);
+      expect(waited).toBeLessThan(1_000);
+    } finally {
+      await db.query(`drop trigger slow on regen._embeddings`);
+      await db.query(`drop function public.slow_insert()`);
+    }
+    await embedRows(db, ['3']);
+    const { rows } = await db.query(`select row_id, embedded_hash = content_hash as current from regen._items where row_id in ('3', '4') order by 1`);
+    expect(rows).toEqual([{ row_id: '3', current: true }, { row_id: '4', current: true }]);
+  });
 });
 
 describe('write_embeddings refuses bad items one by one and stores the good ones of the same batch', () => {

@@ -1,5 +1,6 @@
--- prepare_inputs without the source's applier lock, and with its item locks held only briefly
--- (issue 13, item 2: under a steady stream of edits a migration keeps its share of the worker).
+-- No applier waits on a batch (issue 13, item 2: under a steady stream of edits a migration keeps
+-- its share of the worker). prepare_inputs without the source's applier lock, and with its item
+-- locks held only briefly; write_embeddings and enqueue_fresh without their long item-lock waits.
 --
 -- Until now prepare_inputs applied its rows' logged changes itself (sql/0022), under the source's
 -- applier lock, and locked its items before reading the source rows: both held until the statement
@@ -22,6 +23,10 @@
 --      was found changed without a logged change are the drifted rows of sql/0012, as before; and one
 --      statement records the plan, stores the cache hits and claims the rest, for the rows whose items
 --      still record the text that was read (an apply that committed in between took the others).
+--
+-- The two other places where an applier waited on a batch's item locks go as well: write_embeddings
+-- no longer re-queues stale rows (which locked them through its HNSW insert), and enqueue_fresh takes
+-- only the fresh items no batch holds (the rest at its next call).
 --
 -- Error codes of this file: none new.
 
@@ -252,5 +257,170 @@ comment on function regen.prepare_inputs(text, text, text[], uuid, boolean) is
   'but for vectors stored since the job was enqueued. A row with a logged change the applier has yet to fold in (other '
   'than a new priority or tenant) is left to the applier (called without job_id, the rows'' changes are applied first). A row whose text no longer matches its captured hash is '
   're-queued once, then failed; a row whose expression raises fails. Reads without locks; locks its items only to write.';
+
+-- ---------------------------------------------------------------------------------------------
+-- write_embeddings of sql/0020, without its re-queue of stale rows: that locked their items at the
+-- start of the statement, through the whole HNSW insert, and an applier that reached one of them
+-- (with the source's lock held) waited as long, and every other applier with it; and with the
+-- settle step's locks taken in another order, the two could deadlock. The apply of the edit that
+-- made the row stale marked it fresh: regen.enqueue_fresh enqueues it once this batch's job ends.
+create or replace function regen.write_embeddings(
+  source text,
+  version text,
+  row_ids text[],
+  chunk_nos integer[],
+  content_hashes bytea[],
+  embeddings vector[]
+)
+returns table (row_id text, chunk_no integer, stored boolean, kind text, reason text)
+language sql volatile set jit = off
+as $$
+  -- No lock on the items while the vectors go into the store (and its HNSW index, the slow part):
+  -- an edit of these rows commits meanwhile. The settle trigger then locks the items the statement
+  -- touched, briefly, and keeps only what still matches: see regen.tg_embeddings__settle.
+  with args as (
+    select s.id as source_id, v.id as version_id, v.dimensions
+    from (select 1) one
+    left join regen._sources s on s.name = write_embeddings.source
+    left join regen._versions v on v.tag = write_embeddings.version
+  ), input as (
+    -- the vectors themselves stay in the array: judged is materialized, and 6 kB a row would spill
+    select u.ord, u.row_id, u.chunk_no, u.content_hash, vector_dims(u.vec) as dims,
+           row_number() over (partition by u.row_id, u.chunk_no order by u.ord) > 1 as duplicate
+    from unnest(write_embeddings.row_ids, write_embeddings.chunk_nos, write_embeddings.content_hashes,
+                write_embeddings.embeddings) with ordinality as u(row_id, chunk_no, content_hash, vec, ord)
+  ), judged as (
+    select i.ord, i.row_id, i.chunk_no, i.content_hash, a.source_id, a.version_id, it.tenant,
+           it.chunk_hashes[i.chunk_no] as text_hash, r.kind, r.reason
+    from input i
+    cross join args a
+    left join regen._items it on it.source_id = a.source_id and it.version_id = a.version_id and it.row_id = i.row_id
+    left join lateral (
+      select c.present, c.content_hash from regen._changes c
+      where c.source_id = a.source_id and c.row_id = i.row_id
+      order by c.seq desc limit 1
+    ) pending on true
+    left join lateral (
+      select c.kind, c.reason from (values
+        (cardinality(write_embeddings.row_ids) is distinct from cardinality(write_embeddings.chunk_nos)
+           or cardinality(write_embeddings.row_ids) is distinct from cardinality(write_embeddings.content_hashes)
+           or cardinality(write_embeddings.row_ids) is distinct from cardinality(write_embeddings.embeddings),
+         1, 'malformed', 'malformed call: row_ids, chunk_nos, content_hashes and embeddings must have the same length'),
+        (a.source_id is null, 2, 'unknown_source', format('unknown source %L', write_embeddings.source)),
+        (a.version_id is null, 3, 'unknown_version', format('unknown version %L', write_embeddings.version)),
+        (i.duplicate, 4, 'duplicate', 'duplicate item: this row and chunk already appear earlier in the batch'),
+        (i.dims is null, 5, 'nan', 'NaN or infinity not allowed in vector'),
+        (i.dims <> a.dimensions, 6, 'dimensions', format('expected %s dimensions, not %s', a.dimensions, i.dims)),
+        (it.row_id is null, 7, 'untracked', 'row is not tracked for this version: deleted, filtered out, or not registered'),
+        (i.content_hash is distinct from it.content_hash, 8, 'stale', 'stale: the source text changed after the input was prepared'),
+        -- a change logged for the row and not applied yet says what it is now (no applier's lock
+        -- is taken here: that would be held through the whole insert below)
+        (pending.present is false, 7, 'untracked', 'row is not tracked for this version: deleted, filtered out, or not registered'),
+        (pending.present and pending.content_hash is distinct from i.content_hash, 8, 'stale',
+         'stale: the source text changed after the input was prepared'),
+        (it.plan_hash is distinct from it.content_hash or i.chunk_no is null or i.chunk_no not between 1 and cardinality(it.chunk_hashes),
+         9, 'unplanned', format('chunk %s is not among the prepared inputs of this text', i.chunk_no))
+      ) c(hit, rank, kind, reason)
+      where c.hit
+      order by c.rank
+      limit 1
+    ) r on true
+  ), stored as (
+    insert into regen._embeddings as e (version_id, source_id, row_id, chunk_no, tenant, content_hash, text_hash, embedding)
+    select j.version_id, j.source_id, j.row_id, j.chunk_no, j.tenant, j.content_hash, j.text_hash, v.vec
+    from judged j
+    -- a second pass over the array, joined on position: embeddings[j.ord] would walk the array
+    -- from its start for every item (elements of varying size), quadratic in the batch
+    join unnest(write_embeddings.embeddings) with ordinality as v(vec, ord) on v.ord = j.ord
+    where j.reason is null
+    on conflict (version_id, source_id, row_id, chunk_no) do update
+      set tenant = excluded.tenant, content_hash = excluded.content_hash, text_hash = excluded.text_hash,
+          embedding = excluded.embedding, embedded_at = now()
+    returning 1
+  ), poisoned as (
+    -- a vector the provider got wrong fails its item for this text; a new text gets a new chance
+    update regen._items it
+       set failed_hash = it.content_hash, last_error = j.reason, attempts = it.attempts + 1, queue_job = null, changed_at = now()
+      from (select distinct on (j.row_id) j.source_id, j.version_id, j.row_id, j.content_hash, j.reason
+              from judged j
+             where j.kind in ('dimensions', 'nan')
+             order by j.row_id, j.ord) j
+     where it.source_id = j.source_id and it.version_id = j.version_id and it.row_id = j.row_id
+       and it.content_hash = j.content_hash
+    returning 1
+  ), logged as (
+    insert into regen._rejections (source, version, row_id, chunk_no, kind, reason)
+    select write_embeddings.source, write_embeddings.version, j.row_id, j.chunk_no, j.kind, j.reason
+    from judged j where j.reason is not null
+    returning 1
+  )
+  -- (a row edited while its batch was in flight is not enqueued here: the apply of its edit marked it
+  -- fresh, and regen.enqueue_fresh gives it a fresh job once this batch's job is done)
+  select j.row_id, j.chunk_no, j.reason is null, j.kind, j.reason
+  from judged j
+  order by j.ord;
+$$;
+comment on function regen.write_embeddings(text, text, text[], integer[], bytea[], vector[]) is
+  'Worker-facing: stores vectors whose content hash still matches the source, whose dimensions match the version '
+  'and that hold no NaN/Inf; refuses the rest per item with a kind (malformed, unknown_source, unknown_version, duplicate, '
+  'nan, dimensions, untracked, stale, unplanned) and a reason (see regen.rejected_writes). Holds no item lock while the '
+  'vectors are inserted; the settle trigger keeps only what still matches. A row with a logged change not yet applied is '
+  'judged by that change. A stale row is left to regen.enqueue_fresh (its edit marked it fresh).';
+
+
+-- ---------------------------------------------------------------------------------------------
+-- enqueue_fresh of sql/0020, taking only fresh items no other session holds: it runs with the
+-- appliers' locks of the sources it applied held (until it commits), so it must not wait on a batch.
+create or replace function regen.enqueue_fresh(max_items integer default 10000)
+returns bigint
+language plpgsql volatile set jit = off
+as $$
+declare
+  v_pair record;
+  v_rows text[];
+  v_left integer := enqueue_fresh.max_items;
+  v_enqueued bigint := 0;
+begin
+  if max_items is null or max_items < 1 then
+    raise exception 'max_items must be a positive integer, not %', coalesce(max_items::text, 'NULL') using errcode = 'RG003';
+  end if;
+  perform regen.apply_changes();
+  -- One enqueuer at a time (several worker replicas call this); the others have nothing to add.
+  if not pg_try_advisory_xact_lock(hashtext('regen.enqueue_fresh')) then
+    return 0;
+  end if;
+  for v_pair in
+    select distinct it.source_id, it.version_id from regen._items it where it.fresh order by 1, 2
+  loop
+    exit when v_left <= 0;
+    -- The hottest first, should there be more than max_items. An item whose job is being worked
+    -- right now stays marked until that job ends: taking it into a new job would send its text to
+    -- the provider a second time while the first is in flight.
+    with taken as (
+      select it.row_id from regen._items it
+      where it.source_id = v_pair.source_id and it.version_id = v_pair.version_id and it.fresh
+        and not exists (select 1 from pgboss.job j
+                        where j.name = regen._queue(it.version_id) and j.id = it.queue_job and j.state = 'active')
+      order by it.priority desc, it.row_id
+      limit v_left
+      for update of it skip locked   -- held by a batch for a moment: taken at the next call, never waited for
+    ), cleared as (
+      update regen._items it set fresh = false
+        from taken t
+       where it.source_id = v_pair.source_id and it.version_id = v_pair.version_id and it.row_id = t.row_id
+      returning it.row_id
+    )
+    select coalesce(array_agg(c.row_id), '{}') into v_rows from cleared c;
+    v_left := v_left - cardinality(v_rows);
+    v_enqueued := v_enqueued + regen._enqueue(v_pair.source_id, v_pair.version_id, v_rows, true);
+  end loop;
+  return v_enqueued;
+end
+$$;
+comment on function regen.enqueue_fresh(integer) is
+  'Applies the logged changes (regen.apply_changes), then enqueues the fresh edits (new rows, changed texts) as fresh jobs '
+  'ahead of backfill; returns the items enqueued. Never waits on an item another session holds (it is taken at the next '
+  'call). The worker calls it every REGEN_ENQUEUE_INTERVAL_MS; safe to call from anywhere.';
+
 
 select regen._refresh_grants();
