@@ -40,6 +40,8 @@ export interface LoopOptions {
   /** regen.fresh_priority(): fresh-edit jobs have this priority or more. */
   freshPriority: number;
   pollIntervalMs: number;
+  /** How an idle loop waits for its next poll (default: a plain pause); a notification may end it early. */
+  sleep?(ms: number, signal: AbortSignal): Promise<void>;
   /** Aborted when the worker stops: the loop fetches no more, and lets its batch finish. */
   stopping: AbortSignal;
   /** Aborted when the worker must give up its batches (shutdown timeout). */
@@ -91,7 +93,7 @@ export async function runLoop(o: LoopOptions): Promise<void> {
       continue;
     }
     if (jobs.length === 0) {
-      await pause(o.pollIntervalMs, o.stopping);
+      await (o.sleep ?? pause)(o.pollIntervalMs, o.stopping);
       continue;
     }
     await work(o, jobs);

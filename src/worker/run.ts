@@ -13,6 +13,7 @@ import { startHealthServer, type HealthServer } from './http.ts';
 import { KeySource } from './keys.ts';
 import { runLoop, type FetchedJob } from './loop.ts';
 import { createMetrics } from './metrics.ts';
+import { listen, Wakeup } from './notifications.ts';
 import { Pacer } from './pacer.ts';
 import { Provider } from './provider.ts';
 
@@ -147,6 +148,7 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
   const loopsPerQueue = Math.max(1, Math.min(4, Math.ceil(config.concurrency / 2)));
   const loops: Array<Promise<void>> = [];
   const serving = new Set<string>();
+  const wakeup = new Wakeup();
   const subscribe = async () => {
     for (const { version: tag, queue } of await versionQueues(pool, config.versions.length ? config.versions : null)) {
       if (serving.has(queue) || stopping) continue;
@@ -156,6 +158,7 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
           boss, queues: () => [...serving], index: loops.length, loops: () => loops.length,
           jobsPerFetch: config.jobsPerFetch, backfillShare: config.backfillShare,
           freshPriority: freshBand, pollIntervalMs: config.pollIntervalSeconds * 1000, stopping: halt.signal, cancel: abort.signal,
+          sleep: (ms, signal) => wakeup.sleep(ms, signal),
           handle, onError: (err, what) => log.warn({ err: err.message }, what),
         }));
       }
@@ -163,6 +166,17 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
     }
   };
   await subscribe();
+  const lookForVersions = () => {
+    if (config.versions.length === 0 && !stopping) subscribe().catch((err: Error) => log.warn({ err: err.message }, 'looking for new versions failed'));
+  };
+  // New versions and new jobs wake the worker at once (sql/0025_notify.sql); the polling below stays
+  // as the fallback. On every (re)connection it looks again, for what it may have missed meanwhile.
+  const listener = listen({
+    connectionString: config.databaseUrl,
+    channels: { regen_versions: lookForVersions, regen_work: () => wakeup.wake() },
+    onListening: () => { lookForVersions(); wakeup.wake(); },
+    onError: (err, what) => log.warn({ err: err.message }, what),
+  });
 
   // Vectors lost while no worker ran (a restore without them, a truncate) come back by themselves.
   const recoverLost = () => recover(pool).then((rows) => {
@@ -183,7 +197,7 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
   const housekeeping = setInterval(() => {
     compactGap(pool).catch((err: Error) => log.warn({ err: err.message }, 'gap compaction failed'));
     void recoverLost();
-    if (config.versions.length === 0) subscribe().catch((err: Error) => log.warn({ err: err.message }, 'looking for new versions failed'));
+    lookForVersions();
   }, 10_000);
   housekeeping.unref();
 
@@ -199,6 +213,7 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
     // After the timeout, in-flight provider calls are cancelled: their batches fail and pg-boss
     // retries them on another worker. Nothing is lost either way.
     halt.abort();
+    await listener.close();
     const timer = setTimeout(() => abort.abort(new Error('worker shutting down')), config.shutdownTimeoutMs);
     await Promise.all(loops);
     clearTimeout(timer);
