@@ -1,7 +1,8 @@
 // The state of pgregen in one value: schema (applied and pending migrations), sources with their
-// versions and coverage, the queue, failures, rebuild progress, model migrations and recovery.
+// versions and coverage, the queue, failures, rebuild progress, freshness, model migrations and recovery.
 import { readdirSync } from 'node:fs';
 import type { Db } from './db.ts';
+import { readFreshness, type FreshnessRow } from './freshness.ts';
 import { readGap, type GapRow } from './gap.ts';
 import { SQL_DIR } from './install.ts';
 import { jsonRows, toIsoTime } from './json.ts';
@@ -18,6 +19,8 @@ export interface Status {
   migrations: Array<Record<string, unknown>> | null;
   /** regen.recovery_status (verifiedAt, lostSince in ISO 8601); null when the installed schema has no such view. */
   recovery: { storeVerified: boolean; verifiedAt: string | null; autoRecover: boolean; lostItemsWaiting: number; lostSince: string | null } | null;
+  /** Rows of regen.freshness; null when the installed schema has no such view. */
+  freshness: FreshnessRow[] | null;
 }
 
 /** Everything `pgregen status` shows, as values. */
@@ -41,6 +44,7 @@ export async function readStatus(db: Db): Promise<Status> {
   const recoveryRow = recoveryView?.present
     ? (await db.query<{ store_verified: boolean; verified_at: Date | null; auto_recover: boolean; lost_items_waiting: string; lost_since: Date | null }>(
       'select * from regen.recovery_status')).rows[0] : undefined;
+  const freshness = await readFreshness(db);
   return {
     schema: { applied: names, pending: known.filter((n) => !names.includes(n)), lastAppliedAt: toIsoTime(applied.at(-1)?.executed_at) },
     sources,
@@ -52,5 +56,6 @@ export async function readStatus(db: Db): Promise<Status> {
       storeVerified: recoveryRow.store_verified, verifiedAt: toIsoTime(recoveryRow.verified_at), autoRecover: recoveryRow.auto_recover,
       lostItemsWaiting: Number(recoveryRow.lost_items_waiting), lostSince: toIsoTime(recoveryRow.lost_since),
     } : null,
+    freshness,
   };
 }

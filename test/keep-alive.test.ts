@@ -82,7 +82,11 @@ describe('a batch and its jobs', () => {
     expect(seconds).toBeGreaterThanOrEqual(3.5);
     expect(seconds).toBeLessThan(4);
     await waitForClosedGap(db, 'notes', 30_000);
-    const { rows } = await db.query(`select state, retry_count from pgboss.job where name like 'regen\\_embed\\_v%'`);
+    // the gap closes as the vectors are written; the worker completes the jobs right after
+    const rows = await waitFor('the jobs to complete', async () => {
+      const { rows: jobs } = await db.query(`select state, retry_count from pgboss.job where name like 'regen\\_embed\\_v%'`);
+      return jobs.every((j) => j.state !== 'active') && jobs;
+    }, 10_000);
     expect(rows).toEqual([{ state: 'completed', retry_count: 1 }, { state: 'completed', retry_count: 1 }]);
     await assertStoreConsistent(db);
   });

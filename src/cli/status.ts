@@ -1,4 +1,4 @@
-// `pgregen status`: one screen: schema, sources and their versions, the queue, failures, progress,
+// `pgregen status`: one screen: schema, sources and their versions, the queue, failures, freshness, progress,
 // and model migrations when the installed schema has regen.migration_status.
 import { Command } from 'commander';
 import Table from 'cli-table3';
@@ -61,6 +61,21 @@ export function formatStatus(s: Status): string {
   }
 
   out.push(`\nfailed items: ${s.failed}${s.failed ? ' (reasons in regen.failed_items; queue them again with select regen.retry_failed())' : ''}`);
+
+  if (s.freshness !== null) {
+    out.push('\nfreshness (regen.freshness: edits not yet searchable, backfill waiting, edit-to-vector delay over 5 minutes)');
+    if (s.freshness.length === 0) out.push('  no sources registered');
+    else {
+      const secs = (v: number | null) => (v === null ? '-' : `${v < 10 ? v.toFixed(2) : v.toFixed(0)} s`);
+      const table = new Table({ head: ['source', 'version', 'role', 'edits waiting', 'oldest edit', 'backfill waiting', 'oldest backfill',
+        'edits settled', 'delay p50', 'delay p99'], style: plain });
+      for (const f of s.freshness) {
+        table.push([f.source, f.version, f.role, f.edits_waiting, secs(f.oldest_edit_seconds), f.backfill_waiting, secs(f.oldest_backfill_seconds),
+          f.edits_settled_5m, secs(f.edit_delay_p50_seconds), secs(f.edit_delay_p99_seconds)]);
+      }
+      out.push(table.toString());
+    }
+  }
 
   out.push('\nrebuild progress (queued, moving, or an error in the last hour)');
   out.push(s.progress.length === 0 ? '  nothing in progress' : genericTable(s.progress));

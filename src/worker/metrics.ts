@@ -2,6 +2,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import type { Db } from '../db.ts';
 import { queueDepth } from '../store.ts';
+import { readFreshness } from '../freshness.ts';
 import { readGap } from '../gap.ts';
 
 export type Metrics = ReturnType<typeof createMetrics>;
@@ -42,6 +43,39 @@ export function createMetrics(db: Db) {
         for (const state of ['current', 'missing', 'stale', 'outdated', 'failed'] as const) {
           this.set({ source: row.source, version: row.version, state }, row[state]);
         }
+      }
+    },
+  });
+  // Freshness (regen.freshness), one query per scrape for the three gauges: the first to be collected reads it.
+  let freshness: ReturnType<typeof readFreshness> | undefined;
+  const freshnessOnce = () => {
+    freshness ??= readFreshness(db).catch(() => null).finally(() => { setTimeout(() => { freshness = undefined; }, 1_000).unref(); });
+    return freshness;
+  };
+  new Gauge({
+    name: 'pgregen_oldest_edit_seconds', help: 'Age of the oldest edit not yet searchable, per source and version (0: none waiting)',
+    labelNames: ['source', 'version'], registers: [registry],
+    async collect() {
+      this.reset();
+      for (const f of (await freshnessOnce()) ?? []) this.set({ source: f.source, version: f.version }, f.oldest_edit_seconds ?? 0);
+    },
+  });
+  new Gauge({
+    name: 'pgregen_oldest_backfill_seconds', help: 'How long the oldest waiting backfill job has been queued, per source and version (0: none)',
+    labelNames: ['source', 'version'], registers: [registry],
+    async collect() {
+      this.reset();
+      for (const f of (await freshnessOnce()) ?? []) this.set({ source: f.source, version: f.version }, f.oldest_backfill_seconds ?? 0);
+    },
+  });
+  new Gauge({
+    name: 'pgregen_edit_delay_seconds', help: 'Delay from edit to vector of the fresh edits settled in the last 5 minutes, per source, version and quantile',
+    labelNames: ['source', 'version', 'quantile'], registers: [registry],
+    async collect() {
+      this.reset();
+      for (const f of (await freshnessOnce()) ?? []) {
+        if (f.edit_delay_p50_seconds !== null) this.set({ source: f.source, version: f.version, quantile: '0.5' }, f.edit_delay_p50_seconds);
+        if (f.edit_delay_p99_seconds !== null) this.set({ source: f.source, version: f.version, quantile: '0.99' }, f.edit_delay_p99_seconds);
       }
     },
   });
