@@ -33,6 +33,12 @@ export interface EmbeddingServerOptions {
   embed?: Embed;                 // a custom embedder instead (not together with `embedder`)
   faults?: Faults;
   seed?: number;                 // for the fault PRNG
+  // A slow self-hosted model: msPerInput of compute per input, and with oneAtATime (the default for
+  // use-lite, whose model serves one request at a time) requests computed one after another, in
+  // arrival order. A request whose client has gone (timed out, cancelled) is not computed, or
+  // stops being computed (msPerInput), and is logged as 499.
+  msPerInput?: number;
+  oneAtATime?: boolean;
 }
 
 /** Rates are fractions of admitted requests (those that passed validation and the rate limits). */
@@ -57,7 +63,7 @@ export interface ServerStats {
   requests: number;              // all, = ok + status429 + status4xx + status5xx + timeouts + in flight
   ok: number;
   status429: number;
-  status4xx: number;             // other than 429; 499 = the client left before its request was read
+  status4xx: number;             // other than 429; 499 = the client left before its answer (its compute stopped)
   status5xx: number;
   timeouts: number;
   inputs: number;                // embedded in 200 responses
@@ -134,6 +140,9 @@ export async function startEmbeddingServer(options: EmbeddingServerOptions = {})
   const random = prng(options.seed ?? Date.now());
   let faults: Faults = { ...options.faults };
   let latencyMs = options.latencyMs ?? 0;
+  const msPerInput = options.msPerInput ?? 0;
+  const oneAtATime = options.oneAtATime ?? embedder.name === 'use-lite';
+  let computing: Promise<unknown> = Promise.resolve();   // the queue of oneAtATime
   const stats = emptyStats();
   let inFlight = 0;
   let closed = false;
@@ -235,7 +244,22 @@ export async function startEmbeddingServer(options: EmbeddingServerOptions = {})
         throw new ApiError(status, message, 'server_error', null, null, rateHeaders);
       }
 
-      let vectors = await embed(request.inputs, request.dimensions);
+      // the compute: skipped, or cut short, once the client has gone
+      const inputs = request.inputs;
+      const dimensions = request.dimensions;
+      const compute = async () => {
+        for (let left = msPerInput * inputs.length; left > 0 && !res.destroyed; left -= 50) await sleep(Math.min(50, left));
+        if (res.destroyed) throw new Error('the client has gone');
+        return embed(inputs, dimensions);
+      };
+      let vectors: Float32Array[];
+      if (oneAtATime) {
+        const turn = computing.then(compute);
+        computing = turn.catch(() => {});
+        vectors = await turn;
+      } else {
+        vectors = await compute();
+      }
       if (vectors.length !== request.inputs.length) throw new Error(`embed returned ${vectors.length} vectors for ${request.inputs.length} inputs`);
       if (dimensionRoll < (faults.wrongDimensionsRate ?? 0)) vectors = vectors.map((v) => v.subarray(0, Math.max(0, v.length - 1)));
       if (nanRoll < (faults.nanRate ?? 0)) {
@@ -260,7 +284,7 @@ export async function startEmbeddingServer(options: EmbeddingServerOptions = {})
     } catch (err) {
       // The body never arrived whole: the client went away (or close() ran). Not the server's fault,
       // so not a 5xx; nginx's 499 "client closed request" keeps the counters adding up.
-      if (!(err instanceof ApiError) && res.destroyed) return record(key, 0, 0, 499);
+      if (!(err instanceof ApiError) && res.destroyed) return record(key, request?.inputs.length ?? 0, 0, 499);
       const error = err instanceof ApiError
         ? err
         : new ApiError(500, `The server had an error processing your request: ${(err as Error).message}`, 'server_error', null, null, rateHeaders);
@@ -322,6 +346,8 @@ if (import.meta.main) {
       .choices(['hashed', 'use-lite']).default('hashed'))
     .option('--dimensions <n>', 'default vector length (default: 1536; use-lite: 512 only)', int)
     .option('--latency <ms>', 'delay before each answer', int, 0)
+    .option('--ms-per-input <ms>', 'compute time per input, as a slow self-hosted model takes (default: 0)', int, 0)
+    .option('--one-at-a-time', 'compute one request at a time, in arrival order (the default for use-lite)')
     .option('--rpm <n>', 'requests per minute per key (default: unlimited)', int)
     .option('--tpm <n>', 'tokens per minute per key (default: unlimited)', int)
     .option('--api-key <key...>', 'accepted API keys (default: any)')
@@ -329,11 +355,12 @@ if (import.meta.main) {
     .option('--timeout-rate <fraction>', 'share of requests never answered', rate)
     .option('--seed <n>', 'seed for the fault PRNG', int)
     .parse(process.argv)
-    .opts<{ port: number; embedder: EmbedderName; dimensions?: number; latency: number; rpm?: number; tpm?: number; apiKey?: string[];
-            errorRate?: number; timeoutRate?: number; seed?: number }>();
+    .opts<{ port: number; embedder: EmbedderName; dimensions?: number; latency: number; msPerInput: number; oneAtATime?: boolean;
+            rpm?: number; tpm?: number; apiKey?: string[]; errorRate?: number; timeoutRate?: number; seed?: number }>();
   const server = await startEmbeddingServer({
     port: opts.port, embedder: opts.embedder, dimensions: opts.dimensions, latencyMs: opts.latency, requestsPerMinute: opts.rpm, tokensPerMinute: opts.tpm,
     apiKeys: opts.apiKey, seed: opts.seed, faults: { serverErrorRate: opts.errorRate, timeoutRate: opts.timeoutRate },
+    msPerInput: opts.msPerInput, oneAtATime: opts.oneAtATime,
   }).catch((err: Error) => {
     process.stderr.write(`provider-server: ${err.message}\n`);
     process.exit(1);

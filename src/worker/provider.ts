@@ -1,8 +1,10 @@
 // The embedding call: the official `openai` client against OpenAI or any compatible endpoint.
 // Transient failures (429, 5xx, timeouts, dropped connections) are retried with exponential backoff
 // and jitter, honouring retry-after; a 400 is split in halves until the offending inputs stand
-// alone, so one poison input fails alone and its neighbours are embedded.
+// alone, so one poison input fails alone and its neighbours are embedded. A request that timed out
+// is split in halves too before it is sent again, and the adaptive limits (adaptive.ts) shrink.
 import OpenAI from 'openai';
+import type { Adaptive } from './adaptive.ts';
 import type { Pacer } from './pacer.ts';
 
 export interface EmbedRequest {
@@ -41,6 +43,8 @@ export interface ProviderOptions {
   timeoutMs: number;
   maxAttempts: number;
   pacer: Pacer;
+  /** The endpoint's adaptive limits (requests in flight, inputs per request), shared by the worker's providers. */
+  adaptive?: Adaptive;
   events?: ProviderEvents;
   signal?: AbortSignal;
 }
@@ -52,6 +56,11 @@ const sleep = (ms: number, signal?: AbortSignal) => new Promise<void>((resolve, 
 });
 
 /** Full jitter: a random wait up to min(cap, base * 2^attempt). */
+/** A request of several inputs timed out: embed() splits it in halves and sends those. */
+class SplitAfterTimeout extends Error {
+  override name = 'SplitAfterTimeout';
+}
+
 export function backoffMs(attempt: number, baseMs = 500, capMs = 30_000): number {
   return Math.random() * Math.min(capMs, baseMs * 2 ** attempt);
 }
@@ -88,8 +97,9 @@ export class Provider {
       const vectors = await this.attempt(request, signal);
       return vectors.map((embedding) => ({ ok: true, embedding }));
     } catch (err) {
-      if (!(err instanceof OpenAI.BadRequestError) || err.status !== 400) throw err;
-      if (request.texts.length === 1) return [{ ok: false, reason: `provider refused the input: ${err.message}` }];
+      const split = err instanceof SplitAfterTimeout;
+      if (!split && (!(err instanceof OpenAI.BadRequestError) || err.status !== 400)) throw err;
+      if (request.texts.length === 1) return [{ ok: false, reason: `provider refused the input: ${(err as Error).message}` }];
       const half = Math.ceil(request.texts.length / 2);
       const [left, right] = await Promise.all([
         this.embed({ ...request, texts: request.texts.slice(0, half), tokens: request.tokens.slice(0, half) }, signal),
@@ -100,7 +110,7 @@ export class Provider {
   }
 
   private async attempt(request: EmbedRequest, batchSignal?: AbortSignal): Promise<number[][]> {
-    const { pacer, events, maxAttempts } = this.options;
+    const { pacer, events, maxAttempts, adaptive } = this.options;
     const signals = [this.options.signal, batchSignal].filter((s): s is AbortSignal => s !== undefined);
     const signal = signals.length > 1 ? AbortSignal.any(signals) : signals[0];
     const tokens = request.tokens.reduce((a, b) => a + b, 0);
@@ -110,6 +120,7 @@ export class Provider {
       const { client, key } = this.clientNow();
       // The request's own time: from when the pacer lets it go, not from when it began to wait.
       let started = performance.now();
+      const release = adaptive ? await adaptive.slot(signal) : () => {};
       try {
         const { data, response } = await pacer.run(tokens, () => {
           started = performance.now();
@@ -118,9 +129,11 @@ export class Provider {
             input: request.texts,
             ...(request.sendDimensions ? { dimensions: request.dimensions } : {}),
           }, { signal }).withResponse();
-        });
+        }).finally(release);
         pacer.observe(response.headers);
-        events?.onRequest?.({ status: response.status, seconds: (performance.now() - started) / 1000, inputs: request.texts.length, tokens });
+        const seconds = (performance.now() - started) / 1000;
+        adaptive?.answered(request.texts.length, seconds);
+        events?.onRequest?.({ status: response.status, seconds, inputs: request.texts.length, tokens });
         const byIndex = [...data.data].sort((a, b) => a.index - b.index).map((d) => d.embedding as number[]);
         if (byIndex.length !== request.texts.length) {
           throw new ProviderUnavailable(`provider returned ${byIndex.length} embeddings for ${request.texts.length} inputs`);
@@ -131,6 +144,11 @@ export class Provider {
         events?.onRequest?.({ status: status ?? 'error', seconds: (performance.now() - started) / 1000, inputs: request.texts.length, tokens });
         if (signal?.aborted) throw err;
         if (status === 400) throw err;   // bisected by embed()
+        if (err instanceof OpenAI.APIConnectionTimeoutError) {
+          adaptive?.timedOut();
+          // too much for the endpoint at once: sent again in halves (a single input is retried as it is)
+          if (request.texts.length > 1) throw new SplitAfterTimeout(`request of ${request.texts.length} inputs timed out`);
+        }
         // A refused key may have been rotated since it was read: read it again once, and retry with a new one.
         if (status === 401 && !reread) {
           reread = true;

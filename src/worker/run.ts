@@ -7,6 +7,7 @@ import pino from 'pino';
 import { connect, requireSchema } from '../connect.ts';
 import { PgregenError } from '../errors.ts';
 import { compactGap, enqueueFresh, freshPriority, recover, versionInfo, versionQueues, type VersionInfo } from '../store.ts';
+import { Adaptive } from './adaptive.ts';
 import { processBatch } from './batch.ts';
 import type { WorkerConfig } from './config.ts';
 import { startHealthServer, type HealthServer } from './http.ts';
@@ -73,7 +74,9 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
   }
 
   // One pacer and client per API key reference: limits are per key. The key itself is read when a
-  // request is made (a rotated secret file is picked up without a restart).
+  // request is made (a rotated secret file is picked up without a restart). What the endpoint can
+  // take at once (requests in flight, inputs per request) is learned, for all keys together.
+  const adaptive = new Adaptive({ maxInputs: config.maxInputsPerRequest, maxConcurrency: config.concurrency, timeoutMs: config.requestTimeoutMs });
   const providers = new Map<string, Provider>();
   const providerFor = (keyRef: string | null): Provider => {
     const id = keyRef ?? '';
@@ -85,6 +88,7 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
         timeoutMs: config.requestTimeoutMs,
         maxAttempts: config.maxAttempts,
         pacer: new Pacer({ requestsPerMinute: config.requestsPerMinute, tokensPerMinute: config.tokensPerMinute, concurrency: config.concurrency }),
+        adaptive,
         signal: abort.signal,
         events: {
           onRequest: ({ status, seconds, tokens }) => {
@@ -129,7 +133,7 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
     try {
       const result = await processBatch(wanted, {
         db: pool, version, provider: providerFor,
-        maxInputsPerRequest: config.maxInputsPerRequest, maxTokensPerRequest: config.maxTokensPerRequest,
+        get maxInputsPerRequest() { return adaptive.inputs; }, maxTokensPerRequest: config.maxTokensPerRequest,
         onStored: (tag, n) => metrics.vectors.inc({ version: tag }, n),
         onRefused: (kind, n) => metrics.failures.inc({ kind }, n),
       }, signal);
