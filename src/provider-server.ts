@@ -4,6 +4,7 @@
 // faults (5xx, hung requests, wrong-length vectors, NaN) drawn from a seeded PRNG for repeatable runs.
 // Two embedders: 'hashed' (default; deterministic bag-of-words vectors of any length, for speed) and
 // 'use-lite' (Universal Sentence Encoder Lite, a real 512-dimension model from npm, for relevance).
+// It also serves the Batch API for embeddings (files and batches, provider-server/batches.ts).
 import http from 'node:http';
 import { randomUUID } from 'node:crypto';
 import { endianness } from 'node:os';
@@ -14,6 +15,7 @@ import { RateLimiter, formatDuration } from './provider-server/rate-limit.ts';
 import { hashedEmbedding } from './provider-server/hashed-embedding.ts';
 import { USE_LITE_DIMENSIONS, checkUseLiteRequest, loadUseLite } from './provider-server/model-embedding.ts';
 import { mulberry32 } from './prng.ts';
+import { BatchApi, type BatchOptions, type BatchStats } from './provider-server/batches.ts';
 
 export { hashedEmbedding };
 
@@ -39,6 +41,7 @@ export interface EmbeddingServerOptions {
   // stops being computed (msPerInput), and is logged as 499.
   msPerInput?: number;
   oneAtATime?: boolean;
+  batches?: BatchOptions;        // the Batch API's expiry, pace and line faults
 }
 
 /** Rates are fractions of admitted requests (those that passed validation and the rate limits). */
@@ -80,6 +83,8 @@ export interface EmbeddingServer {
   embedder: EmbedderName | 'custom';
   dimensions: number;            // what a request without `dimensions` gets
   stats: ServerStats;            // the same object throughout; resetStats() refills it
+  batchStats: BatchStats;        // what the Batch API embedded (not in `stats`)
+  setBatchOptions(options: BatchOptions): void;
   setFaults(faults: Faults): void;
   setLimits(limits: { requestsPerMinute?: number; tokensPerMinute?: number }): void;  // the window's history stays
   setLatency(ms: number): void;
@@ -98,6 +103,16 @@ function toBase64(vector: Float32Array): string {
 }
 
 const prng = mulberry32;   // decides which requests fail
+
+/** The body of a 200 answer of POST /v1/embeddings. */
+function embeddingBody(request: EmbeddingRequest, vectors: Float32Array[]) {
+  const tokens = request.tokens.reduce((a, t) => a + t, 0);
+  const data = vectors.map((v, index) => ({
+    object: 'embedding', index,
+    embedding: request.encoding === 'base64' ? toBase64(v) : Array.from(v, (x) => (Number.isNaN(x) ? null : x)),
+  }));
+  return { object: 'list', data, model: request.model, usage: { prompt_tokens: tokens, total_tokens: tokens } };
+}
 
 function redactKey(key: string): string {
   return key.length > 8 ? `${key.slice(0, 3)}${'*'.repeat(Math.min(key.length - 7, 20))}${key.slice(-4)}` : key;
@@ -143,6 +158,10 @@ export async function startEmbeddingServer(options: EmbeddingServerOptions = {})
   const msPerInput = options.msPerInput ?? 0;
   const oneAtATime = options.oneAtATime ?? embedder.name === 'use-lite';
   let computing: Promise<unknown> = Promise.resolve();   // the queue of oneAtATime
+  const batches = new BatchApi(async (request) => {
+    embedder.check?.(request.inputs, request.dimensions);
+    return embeddingBody(request, await embed(request.inputs, request.dimensions));
+  }, embedder.dimensions, options.batches);
   const stats = emptyStats();
   let inFlight = 0;
   let closed = false;
@@ -189,13 +208,20 @@ export async function startEmbeddingServer(options: EmbeddingServerOptions = {})
     let rateHeaders: Record<string, string> = {};
     try {
       const path = new URL(req.url ?? '/', 'http://localhost').pathname;
-      if (req.method !== 'POST' || path !== '/v1/embeddings') throw new ApiError(404, `Invalid URL (${req.method} ${path})`);
       if (apiKeys && !apiKeys.has(key)) {
         throw key
           ? new ApiError(401, `Incorrect API key provided: ${redactKey(key)}. You can find your API key at https://platform.openai.com/account/api-keys.`,
             'invalid_request_error', null, 'invalid_api_key')
           : new ApiError(401, "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).");
       }
+      const batch = await batches.route(req.method ?? 'GET', path, req);
+      if (batch) {
+        if (batch.raw === undefined) return write(res, batch.status, batch.body, {});
+        res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': String(Buffer.byteLength(batch.raw)) });
+        res.end(batch.raw);
+        return;
+      }
+      if (req.method !== 'POST' || path !== '/v1/embeddings') throw new ApiError(404, `Invalid URL (${req.method} ${path})`);
       const chunks: Buffer[] = [];
       for await (const chunk of req) chunks.push(chunk as Buffer);
       let body: unknown;
@@ -268,12 +294,8 @@ export async function startEmbeddingServer(options: EmbeddingServerOptions = {})
         poisoned[Math.floor(pick * 7919) % Math.max(1, poisoned.length)] = NaN;
         vectors = vectors.with(i, poisoned);
       }
-      const data = vectors.map((v, index) => ({
-        object: 'embedding', index,
-        embedding: request!.encoding === 'base64' ? toBase64(v) : Array.from(v, (x) => (Number.isNaN(x) ? null : x)),
-      }));
       await sleep(latencyMs);
-      write(res, 200, { object: 'list', data, model: request.model, usage: { prompt_tokens: tokens, total_tokens: tokens } }, rateHeaders);
+      write(res, 200, embeddingBody(request, vectors), rateHeaders);
       record(key, request.inputs.length, tokens, 200);
       stats.inputs += request.inputs.length;
       stats.tokens += tokens;
@@ -313,9 +335,12 @@ export async function startEmbeddingServer(options: EmbeddingServerOptions = {})
     setFaults(next) { faults = { ...next }; },
     setLimits(limits) { limiter.limits = { ...limits }; },
     setLatency(ms) { latencyMs = ms; },
+    batchStats: batches.stats,
+    setBatchOptions(next) { batches.setOptions(next); },
     resetStats() { Object.assign(stats, emptyStats(), { peakConcurrency: inFlight }); },
     async close() {
       closed = true;
+      batches.close();
       for (const [timer, wake] of sleepers) { clearTimeout(timer); wake(); }
       sleepers.clear();
       await new Promise<void>((resolve) => {
