@@ -36,6 +36,14 @@ describe('the adaptive limits', () => {
     expect(a.state().concurrency).toBe(before.concurrency + 1);
   });
 
+  it('stay at the ceilings with REGEN_ADAPTIVE=false', () => {
+    const a = new Adaptive({ ...options, adapt: false });
+    expect(a.state()).toMatchObject({ inputs: 512, concurrency: 4 });
+    a.timedOut();
+    a.answered(512, 9);
+    expect(a.state()).toMatchObject({ inputs: 512, concurrency: 4 });
+  });
+
   it('keep at most `concurrency` requests in flight', async () => {
     const a = new Adaptive({ ...options, maxConcurrency: 1 });
     const first = await a.slot();

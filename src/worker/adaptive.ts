@@ -14,6 +14,7 @@
 // - the inputs per request never exceed what the measured time per input fits into a quarter of
 //   the timeout.
 // The pacer (pacer.ts) still keeps the provider's rate limits; this only keeps requests answerable.
+// REGEN_ADAPTIVE=false keeps both limits at their ceilings (hand-tuned settings).
 
 export interface AdaptiveOptions {
   /** The ceilings: REGEN_MAX_INPUTS_PER_REQUEST and REGEN_CONCURRENCY. */
@@ -21,6 +22,8 @@ export interface AdaptiveOptions {
   maxConcurrency: number;
   /** REGEN_REQUEST_TIMEOUT_MS: a request's own limit. */
   timeoutMs: number;
+  /** False (REGEN_ADAPTIVE=false): the limits stay at the ceilings; a timed-out request is still split. */
+  adapt?: boolean;
 }
 
 export interface AdaptiveState {
@@ -46,11 +49,14 @@ export class Adaptive {
 
   constructor(options: AdaptiveOptions) {
     this.#o = options;
-    this.#inputs = Math.min(options.maxInputs, START_INPUTS);
+    const fixed = options.adapt === false;
+    this.#inputs = fixed ? options.maxInputs : Math.min(options.maxInputs, START_INPUTS);
+    this.#concurrency = fixed ? options.maxConcurrency : 1;
   }
 
   /** The inputs a new request may carry now. */
   get inputs(): number {
+    if (this.#o.adapt === false) return this.#inputs;
     const fit = this.#secondsPerInput ? Math.floor((0.25 * this.#o.timeoutMs) / 1000 / this.#secondsPerInput) : Infinity;
     return Math.max(1, Math.min(this.#inputs, fit));
   }
@@ -83,6 +89,7 @@ export class Adaptive {
 
   /** An answer: `inputs` embedded in `seconds` (from when the request was sent). */
   answered(inputs: number, seconds: number): void {
+    if (this.#o.adapt === false) return;
     const perInput = seconds / Math.max(1, inputs);
     this.#secondsPerInput = this.#secondsPerInput === undefined ? perInput : 0.7 * this.#secondsPerInput + 0.3 * perInput;
     const timeout = this.#o.timeoutMs / 1000;
@@ -103,7 +110,7 @@ export class Adaptive {
 
   /** A request timed out: it is split before it is sent again. */
   timedOut(): void {
-    this.#decrease();
+    if (this.#o.adapt !== false) this.#decrease();
   }
 
   #decrease(): void {

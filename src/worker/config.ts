@@ -13,6 +13,7 @@ export interface WorkerConfig {
   maxInputsPerRequest: number;
   maxTokensPerRequest: number;
   requestTimeoutMs: number;
+  adaptive: boolean;
   maxAttempts: number;
   jobsPerFetch: number;
   backfillShare: number;
@@ -25,7 +26,7 @@ export interface WorkerConfig {
   logLevel: string;
 }
 
-type Kind = 'string' | 'int' | 'fraction' | 'list';
+type Kind = 'string' | 'int' | 'fraction' | 'list' | 'boolean';
 
 interface Setting {
   env: string;
@@ -49,6 +50,7 @@ export const SETTINGS: Setting[] = [
   { env: 'REGEN_MAX_INPUTS_PER_REQUEST', key: 'maxInputsPerRequest', kind: 'int', default: '2048', min: 1, max: 2048, description: 'the most inputs per provider request (OpenAI allows 2,048): the worker starts with 32 and adapts to how fast the endpoint answers' },
   { env: 'REGEN_MAX_TOKENS_PER_REQUEST', key: 'maxTokensPerRequest', kind: 'int', default: '300000', min: 1, max: 300000, description: 'tokens per provider request (OpenAI allows 300,000)' },
   { env: 'REGEN_REQUEST_TIMEOUT_MS', key: 'requestTimeoutMs', kind: 'int', default: '60000', min: 100, description: 'time limit of one provider request' },
+  { env: 'REGEN_ADAPTIVE', key: 'adaptive', kind: 'boolean', default: 'true', description: 'true: requests in flight and inputs per request adapt to how fast the endpoint answers, up to REGEN_CONCURRENCY and REGEN_MAX_INPUTS_PER_REQUEST; false: always those two' },
   { env: 'REGEN_MAX_ATTEMPTS', key: 'maxAttempts', kind: 'int', default: '6', min: 1, max: 50, description: 'attempts of one provider request on 429, 5xx and timeouts before the batch is handed back to the queue' },
   { env: 'REGEN_JOBS_PER_FETCH', key: 'jobsPerFetch', kind: 'int', default: '8', min: 1, max: 1000, description: 'queue jobs (of up to 64 rows each) fetched at once and packed into provider requests together' },
   { env: 'REGEN_BACKFILL_SHARE', key: 'backfillShare', kind: 'fraction', default: '0.5', min: 0, max: 0.9, description: 'share of the worker\'s time given to the backfill (rebuilds, migrations) whenever it waits: that share of its fetch loops take backfill jobs first, the others fresh edits first; 0: fresh edits always first' },
@@ -79,6 +81,9 @@ export function readConfig(env: NodeJS.ProcessEnv = process.env): WorkerConfig {
         problems.push(`${s.env}=${raw} is not ${what}${s.min !== undefined ? ` >= ${s.min}` : ''}${s.max !== undefined ? ` and <= ${s.max}` : ''}`);
       }
       config[s.key] = n;
+    } else if (s.kind === 'boolean') {
+      if (!['true', 'false'].includes(raw.trim().toLowerCase())) problems.push(`${s.env}=${raw} is not true or false`);
+      config[s.key] = raw.trim().toLowerCase() === 'true';
     } else if (s.kind === 'list') {
       config[s.key] = raw.split(',').map((v) => v.trim()).filter(Boolean);
     } else {

@@ -76,7 +76,8 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
   // One pacer and client per API key reference: limits are per key. The key itself is read when a
   // request is made (a rotated secret file is picked up without a restart). What the endpoint can
   // take at once (requests in flight, inputs per request) is learned, for all keys together.
-  const adaptive = new Adaptive({ maxInputs: config.maxInputsPerRequest, maxConcurrency: config.concurrency, timeoutMs: config.requestTimeoutMs });
+  const adaptive = new Adaptive({ maxInputs: config.maxInputsPerRequest, maxConcurrency: config.concurrency, timeoutMs: config.requestTimeoutMs,
+    adapt: config.adaptive });
   const providers = new Map<string, Provider>();
   const providerFor = (keyRef: string | null): Provider => {
     const id = keyRef ?? '';
@@ -138,7 +139,8 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
         onRefused: (kind, n) => metrics.failures.inc({ kind }, n),
       }, signal);
       metrics.deferred.inc(result.deferred);
-      log.info({ jobs: wanted.length, fresh, ...result, ms: Math.round(performance.now() - started) }, 'batch done');
+      const { inputs, concurrency } = adaptive.state();
+      log.info({ jobs: wanted.length, fresh, ...result, ms: Math.round(performance.now() - started), limits: { inputs, concurrency } }, 'batch done');
     } catch (err) {
       metrics.failures.inc({ kind: 'batch' });
       log.warn({ jobs: wanted.map((j) => j.id), err: (err as Error).message }, 'batch handed back to the queue');
