@@ -55,12 +55,12 @@ const sleep = (ms: number, signal?: AbortSignal) => new Promise<void>((resolve, 
   signal?.addEventListener('abort', () => { clearTimeout(timer); reject(signal.reason); }, { once: true });
 });
 
-/** Full jitter: a random wait up to min(cap, base * 2^attempt). */
 /** A request of several inputs timed out: embed() splits it in halves and sends those. */
 class SplitAfterTimeout extends Error {
   override name = 'SplitAfterTimeout';
 }
 
+/** Full jitter: a random wait up to min(cap, base * 2^attempt). */
 export function backoffMs(attempt: number, baseMs = 500, capMs = 30_000): number {
   return Math.random() * Math.min(capMs, baseMs * 2 ** attempt);
 }
