@@ -82,7 +82,7 @@ describe('the Batch API of the local server', () => {
     expect((await client.batches.cancel(created.id)).status).toMatch(/^(cancelling|cancelled)$/);
     const batch = await settled(created.id);
     expect(batch.status).toBe('cancelled');
-    expect(batch.request_counts.completed).toBeLessThan(7);
+    expect(batch.request_counts!.completed).toBeLessThan(7);
     const errors = await jsonl(batch.error_file_id);
     expect(errors[0]).toMatchObject({ custom_id: 'r1', response: { status_code: 500 } });
   });

@@ -1,6 +1,7 @@
 // `pgregen worker`: a pg-boss consumer. Wires the queue, the provider clients, the health and
 // metrics endpoints and graceful shutdown around the fetch loops (loop.ts) and processBatch();
 // holds no decisions of its own.
+import OpenAI from 'openai';
 import pg from 'pg';
 import { PgBoss } from 'pg-boss';
 import pino from 'pino';
@@ -17,6 +18,7 @@ import { createMetrics } from './metrics.ts';
 import { listen, Wakeup } from './notifications.ts';
 import { Pacer } from './pacer.ts';
 import { Provider } from './provider.ts';
+import { inBatchMode, pollProviderBatches, submitBackfill, type ProviderBatchDeps } from './provider-batches.ts';
 
 export interface RunningWorker {
   port: number;
@@ -126,8 +128,38 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
     await pool.end();
     throw err;
   }
-  const handle = async (wanted: FetchedJob[], signal: AbortSignal) => {
+  // Batch mode: the backfill of a version in batch mode goes to the provider's Batch API.
+  const defaultKey = new KeySource(null, config.openaiApiKey, config.secretsDir);
+  const batchDeps: ProviderBatchDeps = {
+    pool, version,
+    client: () => new OpenAI({ apiKey: defaultKey.current(), baseURL: config.openaiBaseUrl, maxRetries: 2, timeout: config.requestTimeoutMs }),
+    onError: (err, what) => log.warn({ err: err.message }, what),
+  };
+  let polling = false;
+  const pollBatches = () => {
+    if (polling || stopping) return;
+    polling = true;
+    pollProviderBatches(batchDeps).catch((err: Error) => log.warn({ err: err.message }, 'checking provider batches failed'))
+      .finally(() => { polling = false; });
+  };
+
+  const handle = async (fetched: FetchedJob[], signal: AbortSignal) => {
     const started = performance.now();
+    let wanted = fetched;
+    const toBatches: FetchedJob[] = [];
+    for (const job of fetched) if (await inBatchMode(pool, job)) toBatches.push(job);
+    if (toBatches.length > 0) {
+      // submitted, their jobs complete; rows another batch was embedding go the synchronous way
+      const deferred = await submitBackfill(toBatches, batchDeps).catch((err: Error) => {
+        log.warn({ jobs: toBatches.map((j) => j.id), err: err.message }, 'submitting provider batches failed; the jobs go back to the queue');
+        throw err;
+      });
+      log.info({ jobs: toBatches.length, deferredRows: deferred.reduce((n, j) => n + j.data.rows.length, 0) }, 'backfill submitted as provider batches');
+      const left = new Map(deferred.map((d) => [d.id, d.data]));
+      wanted = [...fetched.filter((j) => !toBatches.includes(j)),
+        ...toBatches.filter((j) => left.has(j.id)).map((j) => ({ ...j, data: left.get(j.id)! }))];
+      if (wanted.length === 0) return;
+    }
     const fresh = wanted.filter((j) => j.data.fresh).length;
     metrics.jobs.inc({ kind: 'fresh' }, fresh);
     metrics.jobs.inc({ kind: 'backfill' }, wanted.length - fresh);
@@ -189,6 +221,7 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
     for (const row of rows) log.info(row, row.source ? 'lost vectors enqueued again' : 'store reconciled');
   }).catch((err: Error) => log.warn({ err: err.message }, 'recovery check failed'));
   await recoverLost();
+  pollBatches();   // provider batches a stopped worker left in flight
 
   // Fresh edits: the capture triggers only mark them; they reach the queue here, set-based.
   let enqueuing = false;
@@ -204,6 +237,7 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
     compactGap(pool).catch((err: Error) => log.warn({ err: err.message }, 'gap compaction failed'));
     void recoverLost();
     lookForVersions();
+    pollBatches();
   }, 10_000);
   housekeeping.unref();
 

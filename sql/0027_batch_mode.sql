@@ -1,0 +1,253 @@
+-- Batch mode (issue 14, item 2): a version's backfill (a migration, a large rebuild) sent to the
+-- provider's Batch API (OpenAI: /v1/files and /v1/batches, half the price of synchronous calls,
+-- results within 24 hours) instead of its synchronous endpoint; fresh edits always go synchronous.
+--
+-- The worker prepares a batch of backfill jobs as usual (regen.prepare_inputs: cache hits settled,
+-- texts claimed), records what it submits here before it submits it, uploads one line per
+-- distinct text (custom_id: the text's sha256 in hex), creates the provider batch and completes the
+-- queue jobs. The items then point at the provider batch (queue_job = its id here), so that no
+-- rebuild or recovery enqueues them again while it is in flight. The worker polls what is in
+-- flight; a finished batch (completed, expired, failed, cancelled) is written back in one
+-- transaction with regen.write_embeddings' checks (a text edited after submission is refused as
+-- stale; its edit has its fresh job), and whatever it did not embed goes back to the queue. That
+-- transaction holds the provider batch's row, and marks it written: a batch's results are written
+-- once, whichever worker gets there, after whatever crash.
+--
+-- Error codes of this file: RG001 (reused) unknown version.
+
+create table regen._provider_batches (
+  id uuid primary key default gen_random_uuid(),
+  version_id integer not null references regen._versions (id) on delete cascade,
+  state text not null default 'submitting' check (state in ('submitting', 'submitted', 'written', 'abandoned')),
+  provider_batch_id text unique,
+  provider_status text,
+  input_file_id text,
+  lines integer not null,
+  completed integer,
+  failed integer,
+  created_at timestamptz not null default now(),
+  submitted_at timestamptz,
+  expires_at timestamptz,
+  checked_at timestamptz,
+  written_at timestamptz,
+  written integer,
+  requeued integer,
+  last_error text
+);
+create index _provider_batches_open on regen._provider_batches (state) where state in ('submitting', 'submitted');
+comment on table regen._provider_batches is
+  'Provider batches (Batch API) of a version''s backfill: recorded before submission (submitting), in flight (submitted), '
+  'written back (written), or given up (abandoned: never created at the provider)';
+
+create table regen._provider_batch_rows (
+  batch_id uuid not null references regen._provider_batches (id) on delete cascade,
+  source_id integer not null,
+  row_id text not null,
+  chunk_no integer not null,
+  content_hash bytea not null,
+  text_hash bytea not null,
+  primary key (batch_id, source_id, row_id, chunk_no)
+);
+comment on table regen._provider_batch_rows is
+  'The chunks a provider batch embeds: line custom_id = encode(text_hash, ''hex''), one line per distinct text';
+
+create view regen.provider_batches as
+  select b.id, v.tag as version, b.state, b.provider_batch_id, b.provider_status, b.lines, b.completed, b.failed,
+         b.created_at, b.submitted_at, b.expires_at, b.checked_at, b.written_at, b.written, b.requeued, b.last_error
+  from regen._provider_batches b
+  join regen._versions v on v.id = b.version_id;
+comment on view regen.provider_batches is
+  'Provider batches of batch mode: state (submitting, submitted, written, abandoned), the provider''s status and counts, '
+  'and what was written back and queued again';
+
+create function regen.set_batch_mode(version text, enabled boolean)
+returns boolean
+language plpgsql volatile
+as $$
+begin
+  update regen._versions v set settings = v.settings || jsonb_build_object('batch_mode', coalesce(enabled, false))
+   where v.id = regen._version_id(set_batch_mode.version);
+  return coalesce(enabled, false);
+end
+$$;
+comment on function regen.set_batch_mode(text, boolean) is
+  'Batch mode of a version: its backfill (rebuilds, migrations) goes through the provider''s Batch API at half the price, '
+  'results within 24 hours; fresh edits stay synchronous. Returns the mode set.';
+
+create function regen.batch_mode(version text)
+returns boolean
+language sql stable
+as $$
+  select coalesce((v.settings->>'batch_mode')::boolean, false) from regen._versions v where v.tag = batch_mode.version
+$$;
+comment on function regen.batch_mode(text) is 'Worker-facing: whether the version''s backfill goes through the provider''s Batch API';
+
+-- Recorded before submission: the batch, its chunks, and its items pointing at it.
+create function regen.record_provider_batch(version text, source text, row_ids text[], chunk_nos integer[],
+                                            content_hashes bytea[], text_hashes bytea[])
+returns uuid
+language plpgsql volatile
+as $$
+declare
+  v_id uuid;
+  v_version integer := regen._version_id(version);
+  v_source integer := (regen._source(source)).id;
+begin
+  insert into regen._provider_batches (version_id, lines)
+  values (v_version, (select count(distinct t) from unnest(text_hashes) t))
+  returning id into v_id;
+  insert into regen._provider_batch_rows (batch_id, source_id, row_id, chunk_no, content_hash, text_hash)
+  select v_id, v_source, r.row_id, r.chunk_no, r.content_hash, r.text_hash
+  from unnest(row_ids, chunk_nos, content_hashes, text_hashes) as r(row_id, chunk_no, content_hash, text_hash)
+  on conflict do nothing;
+  update regen._items it set queue_job = v_id
+   where it.source_id = v_source and it.version_id = v_version and it.row_id = any(row_ids);
+  return v_id;
+end
+$$;
+comment on function regen.record_provider_batch(text, text, text[], integer[], bytea[], bytea[]) is
+  'Worker-facing: records a provider batch about to be submitted (state submitting) with its chunks; its items point at it';
+
+create function regen.provider_batch_submitted(id uuid, provider_batch_id text, input_file_id text, expires_at timestamptz)
+returns void
+language sql volatile
+as $$
+  update regen._provider_batches b
+     set state = 'submitted', provider_batch_id = provider_batch_submitted.provider_batch_id,
+         input_file_id = provider_batch_submitted.input_file_id, expires_at = provider_batch_submitted.expires_at,
+         submitted_at = now(), provider_status = 'validating'
+   where b.id = provider_batch_submitted.id and b.state = 'submitting'
+$$;
+comment on function regen.provider_batch_submitted(uuid, text, text, timestamptz) is 'Worker-facing: a recorded provider batch was created at the provider';
+
+create function regen.provider_batch_checked(id uuid, provider_status text, completed integer, failed integer)
+returns void
+language sql volatile
+as $$
+  update regen._provider_batches b
+     set provider_status = provider_batch_checked.provider_status, completed = provider_batch_checked.completed,
+         failed = provider_batch_checked.failed, checked_at = now()
+   where b.id = provider_batch_checked.id
+$$;
+comment on function regen.provider_batch_checked(uuid, text, integer, integer) is 'Worker-facing: the provider''s status and counts of a batch, as last polled';
+
+-- The end of a provider batch, in the transaction that wrote its vectors back (or that found it was
+-- never created): marked so, and every item it left without its vector queued again as backfill.
+create function regen.provider_batch_done(id uuid, state text, written integer default 0, last_error text default null)
+returns bigint
+language plpgsql volatile
+as $$
+declare
+  v_batch regen._provider_batches;
+  v_requeued bigint := 0;
+  v_pair record;
+begin
+  if state not in ('written', 'abandoned') then
+    raise exception 'a provider batch ends written or abandoned, not %', state using errcode = 'RG003';
+  end if;
+  select * into v_batch from regen._provider_batches b where b.id = provider_batch_done.id;
+  for v_pair in
+    select r.source_id, array_agg(distinct r.row_id) as rows
+    from regen._provider_batch_rows r
+    join regen._items it on it.source_id = r.source_id and it.version_id = v_batch.version_id and it.row_id = r.row_id
+    where r.batch_id = provider_batch_done.id and it.queue_job = provider_batch_done.id
+    group by r.source_id
+  loop
+    update regen._items it set queue_job = null
+     where it.source_id = v_pair.source_id and it.version_id = v_batch.version_id and it.row_id = any(v_pair.rows)
+       and it.queue_job = provider_batch_done.id;
+    v_requeued := v_requeued + regen._enqueue(v_pair.source_id, v_batch.version_id, v_pair.rows, false);
+  end loop;
+  update regen._provider_batches b
+     set state = provider_batch_done.state, written_at = now(), written = provider_batch_done.written,
+         requeued = v_requeued, last_error = coalesce(provider_batch_done.last_error, b.last_error)
+   where b.id = provider_batch_done.id;
+  return v_requeued;
+end
+$$;
+comment on function regen.provider_batch_done(uuid, text, integer, text) is
+  'Worker-facing: ends a provider batch (written: its vectors were written back in this transaction; abandoned: it was never '
+  'created at the provider) and queues again, as backfill, the items it left without their vector; returns those';
+
+-- _enqueue of sql/0018_hot_first.sql, notifying regen_work when it enqueued anything (sql/0025), and
+-- leaving the items of a provider batch in flight out of backfill.
+create or replace function regen._enqueue(
+  source_id integer, version_id integer, row_ids text[], fresh boolean, force boolean default false
+)
+returns bigint
+language plpgsql volatile set jit = off
+as $$
+declare
+  v_rank integer := regen._weight_rank(_enqueue.source_id);
+  -- without a priority expression every row of the source is hot
+  v_ranked boolean := (select s.priority_expression is not null from regen._sources s where s.id = _enqueue.source_id);
+  v_count bigint;
+  v_salt text := gen_random_uuid()::text;
+begin
+  with candidates as materialized (
+    select it.version_id, it.row_id, it.priority, coalesce(k.api_key_ref, '') as key_ref,
+           _enqueue.fresh or not v_ranked or it.priority > 0 as hot   -- fresh edits are one band: not split
+    from regen._source_versions sv
+    join regen._items it on it.source_id = sv.source_id and it.version_id = sv.version_id
+    left join regen._tenant_keys k on k.tenant = it.tenant
+    where sv.source_id = _enqueue.source_id
+      and (_enqueue.version_id is null or sv.version_id = _enqueue.version_id)
+      and it.row_id = any(_enqueue.row_ids)          -- primary-key probes per version
+      and (it.queue_job is null
+           or not exists (select 1 from pgboss.job j
+                          where j.name = regen._queue(it.version_id) and j.id = it.queue_job and j.state in ('created', 'retry')
+                            and (j.priority >= 1000000000 or not _enqueue.fresh)))
+      and (_enqueue.force or (it.embedded_hash is distinct from it.content_hash
+                              and it.failed_hash is distinct from it.content_hash))
+      -- backfill waits for a provider batch that has the item (a fresh edit does not)
+      and (_enqueue.fresh or not exists (select 1 from regen._provider_batches b
+                                         where b.id = it.queue_job and b.state in ('submitting', 'submitted')))
+    for update of it
+  ), batched as (
+    -- job ids are derived from (statement salt, version, key, batch): no join needed to assign them
+    select n.*, md5(v_salt || '/' || n.version_id || '/' || n.key_ref || '/' || n.hot || '/' || n.batch_no)::uuid as job_id
+    from (select c.*, (row_number() over (partition by c.version_id, c.key_ref, c.hot order by c.priority desc, c.row_id) - 1) / 64 as batch_no
+            from candidates c) n
+  ), jobs as (
+    select b.version_id, b.key_ref, b.hot, b.batch_no, b.job_id,
+           array_agg(b.row_id order by b.priority desc, b.row_id) as rows
+    from batched b group by b.version_id, b.key_ref, b.hot, b.batch_no, b.job_id
+  ), marked as (
+    -- driven by the assignments, one primary-key lookup each
+    update regen._items it set queue_job = a.job_id
+      from batched a
+     where it.source_id = _enqueue.source_id and it.version_id = a.version_id and it.row_id = a.row_id
+    returning 1
+  ), inserted as (
+    insert into pgboss.job (id, name, data, priority, retry_limit, retry_delay, retry_backoff, retry_delay_max,
+                            expire_seconds, deletion_seconds, keep_until, policy, dead_letter, heartbeat_seconds)
+    select j.job_id, q.name,
+           jsonb_build_object('source', s.name, 'version', v.tag, 'rows', to_jsonb(j.rows),
+                              'key', nullif(j.key_ref, ''), 'force', _enqueue.force, 'fresh', _enqueue.fresh),
+           case when _enqueue.fresh then 1000000000 + v_rank * 1000
+                else (case when j.hot then 500000000 else 0 end) + v_rank * 1000000 + 999999 - least(j.batch_no, 999999)::integer end,
+           q.retry_limit, q.retry_delay, q.retry_backoff, q.retry_delay_max,
+           q.expire_seconds, q.deletion_seconds, now() + q.retention_seconds * interval '1 second',
+           q.policy, q.dead_letter, q.heartbeat_seconds
+    from jobs j
+    join pgboss.queue q on q.name = regen._queue(j.version_id)
+    join regen._sources s on s.id = _enqueue.source_id
+    join regen._versions v on v.id = j.version_id
+    returning 1
+  )
+  select (select count(*) from marked) into v_count;
+  if v_count > 0 then
+    -- workers that LISTEN fetch at once instead of at their next poll (sent when this commits;
+    -- one notification per transaction however many calls)
+    perform pg_notify('regen_work', '');
+  end if;
+  return v_count;
+end
+$$;
+comment on function regen._enqueue(integer, integer, text[], boolean, boolean) is
+  'Enqueues items that need work and wait in no job into pg-boss: fresh edits first, then hot rows of every source (heavier '
+  'source first), then cold ones (priority 0 or less); hotter rows first within; returns the number of items and, if any, notifies channel regen_work';
+
+
+
+select regen._refresh_grants();

@@ -1,0 +1,167 @@
+// Batch mode (sql/0027_batch_mode.sql): the backfill of a version in batch mode goes to the
+// provider's Batch API, at half the price, instead of its synchronous endpoint. This file only
+// moves texts and vectors between SQL and the provider: SQL prepares the inputs (cache hits,
+// claims), records each provider batch before it is submitted, judges every vector on the way back
+// (regen.write_embeddings) and queues again what a batch did not embed.
+//
+// Submission: per source and version, one line per distinct text (custom_id: its sha256 in hex),
+// recorded, uploaded, created (metadata pgregen_batch: the record's id), marked submitted; then
+// the queue jobs complete. A worker that died between recording and marking leaves the record
+// submitting: the poller looks the batch up by its metadata, and gives the record up (its items
+// queued again) when the provider has no such batch.
+// Write-back: a finished batch (completed, expired, failed, cancelled) is written in one
+// transaction that holds its record and marks it written, so its results are written once.
+import OpenAI, { toFile } from 'openai';
+import type pg from 'pg';
+import { applyRows, prepareInputs, writeEmbeddings, type VersionInfo } from '../store.ts';
+import type { BatchJob } from './batch.ts';
+
+export interface ProviderBatchDeps {
+  pool: pg.Pool;
+  /** The client of the default API key (batch mode serves the jobs without a tenant key). */
+  client(): OpenAI;
+  version(tag: string): Promise<VersionInfo>;
+  onError(err: Error, what: string): void;
+}
+
+const FINISHED = new Set(['completed', 'expired', 'failed', 'cancelled']);
+/** A record left submitting longer than this is looked up at the provider (its worker died). */
+const SUBMITTING_GRACE_MS = 60_000;
+
+/** Whether these jobs go to the Batch API: backfill of a version in batch mode, on the default key, not forced. */
+export async function inBatchMode(db: pg.Pool, job: BatchJob): Promise<boolean> {
+  if (job.data.fresh || job.data.force || job.data.key) return false;
+  const { rows: [row] } = await db.query<{ on: boolean }>('select regen.batch_mode($1) as on', [job.data.version]);
+  return row?.on === true;
+}
+
+/**
+ * Prepares the jobs and submits what is left for the provider as provider batches; returns the
+ * jobs with the rows another batch was embedding (deferred), for the synchronous path.
+ */
+export async function submitBackfill(jobs: BatchJob[], deps: ProviderBatchDeps): Promise<BatchJob[]> {
+  const deferred: BatchJob[] = [];
+  interface Group { source: string; version: string; rows: Array<{ rowId: string; chunkNo: number; contentHash: Buffer; textHash: Buffer }>; texts: Map<string, string> }
+  const groups = new Map<string, Group>();
+  for (const job of jobs) {
+    await applyRows(deps.pool, job.data.source, job.data.rows);
+    const inputs = await prepareInputs(deps.pool, job.data.source, job.data.version, job.data.rows, { jobId: job.id });
+    const waiting = [...new Set(inputs.filter((i) => i.deferred).map((i) => i.rowId))];
+    if (waiting.length > 0) deferred.push({ id: job.id, data: { ...job.data, rows: waiting } });
+    const id = `${job.data.source}\u0000${job.data.version}`;
+    const group: Group = groups.get(id) ?? { source: job.data.source, version: job.data.version, rows: [], texts: new Map<string, string>() };
+    for (const i of inputs) {
+      if (i.deferred) continue;
+      group.rows.push({ rowId: i.rowId, chunkNo: i.chunkNo, contentHash: i.contentHash, textHash: i.textHash });
+      if (i.input !== null) group.texts.set(i.textHash.toString('hex'), i.input);
+    }
+    groups.set(id, group);
+  }
+  for (const group of groups.values()) {
+    if (group.rows.length === 0) continue;
+    const version = await deps.version(group.version);
+    const { rows: [recorded] } = await deps.pool.query<{ id: string }>(
+      'select regen.record_provider_batch($1, $2, $3, $4, $5, $6) as id',
+      [group.version, group.source, group.rows.map((r) => r.rowId), group.rows.map((r) => r.chunkNo),
+       group.rows.map((r) => r.contentHash), group.rows.map((r) => r.textHash)]);
+    const id = recorded!.id;
+    const lines = [...group.texts].map(([hash, text]) => JSON.stringify({
+      custom_id: hash, method: 'POST', url: '/v1/embeddings',
+      body: { model: version.model, input: text, encoding_format: 'float', ...(version.sendDimensions ? { dimensions: version.dimensions } : {}) },
+    }));
+    const client = deps.client();
+    const file = await client.files.create({ file: await toFile(Buffer.from(`${lines.join('\n')}\n`), `pgregen-${id}.jsonl`), purpose: 'batch' });
+    const batch = await client.batches.create({ input_file_id: file.id, endpoint: '/v1/embeddings', completion_window: '24h',
+      metadata: { pgregen_batch: id } });
+    await deps.pool.query('select regen.provider_batch_submitted($1, $2, $3, to_timestamp($4))', [id, batch.id, file.id, batch.expires_at ?? null]);
+  }
+  return deferred;
+}
+
+interface OpenBatch { id: string; version: string; state: 'submitting' | 'submitted'; provider_batch_id: string | null; created_at: Date }
+
+/** Looks at every provider batch in flight; writes back those that finished. */
+export async function pollProviderBatches(deps: ProviderBatchDeps): Promise<void> {
+  const { rows } = await deps.pool.query<OpenBatch>(
+    `select id, version, state, provider_batch_id, created_at from regen.provider_batches where state in ('submitting', 'submitted') order by created_at`);
+  const client = deps.client();
+  for (const open of rows) {
+    try {
+      if (open.state === 'submitting') {
+        if (Date.now() - open.created_at.getTime() < SUBMITTING_GRACE_MS) continue;
+        await resumeSubmitting(open, client, deps);
+        continue;
+      }
+      const batch = await client.batches.retrieve(open.provider_batch_id!);
+      await deps.pool.query('select regen.provider_batch_checked($1, $2, $3, $4)',
+        [open.id, batch.status, batch.request_counts?.completed ?? null, batch.request_counts?.failed ?? null]);
+      if (FINISHED.has(batch.status)) await writeBack(open, batch, client, deps);
+    } catch (err) {
+      deps.onError(err as Error, `checking provider batch ${open.provider_batch_id ?? open.id} failed`);
+    }
+  }
+}
+
+/** A record whose worker died before it was marked submitted: the batch found by its metadata, or given up. */
+async function resumeSubmitting(open: OpenBatch, client: OpenAI, deps: ProviderBatchDeps): Promise<void> {
+  for await (const batch of client.batches.list({ limit: 100 })) {
+    if (batch.metadata?.pgregen_batch === open.id) {
+      await deps.pool.query('select regen.provider_batch_submitted($1, $2, $3, to_timestamp($4))',
+        [open.id, batch.id, batch.input_file_id, batch.expires_at ?? null]);
+      return;
+    }
+    if (batch.created_at * 1000 < open.created_at.getTime() - 60_000) break;   // listed newest first: older ones cannot be it
+  }
+  await inTransaction(deps.pool, open.id, async (db) => {
+    await db.query(`select regen.provider_batch_done($1, 'abandoned', 0, 'never created at the provider (its worker stopped first)')`, [open.id]);
+  });
+}
+
+async function writeBack(open: OpenBatch, batch: OpenAI.Batches.Batch, client: OpenAI, deps: ProviderBatchDeps): Promise<void> {
+  const vectors = new Map<string, number[]>();
+  if (batch.output_file_id) {
+    const text = await (await client.files.content(batch.output_file_id)).text();
+    for (const line of text.split('\n')) {
+      if (line.trim() === '') continue;
+      const answer = JSON.parse(line) as { custom_id: string; response?: { status_code: number; body?: { data?: Array<{ embedding: number[] }> } } };
+      const embedding = answer.response?.status_code === 200 ? answer.response.body?.data?.[0]?.embedding : undefined;
+      if (embedding) vectors.set(answer.custom_id, embedding);
+    }
+  }
+  await inTransaction(deps.pool, open.id, async (db) => {
+    const { rows } = await db.query<{ source: string; row_id: string; chunk_no: number; content_hash: Buffer; text_hash: Buffer }>(
+      `select s.name as source, r.row_id, r.chunk_no, r.content_hash, r.text_hash
+         from regen._provider_batch_rows r join regen._sources s on s.id = r.source_id
+        where r.batch_id = $1 order by s.name, r.row_id, r.chunk_no`, [open.id]);
+    let written = 0;
+    for (const source of new Set(rows.map((r) => r.source))) {
+      const items = rows.filter((r) => r.source === source && vectors.has(r.text_hash.toString('hex')))
+        .map((r) => ({ rowId: r.row_id, chunkNo: r.chunk_no, contentHash: r.content_hash, embedding: vectors.get(r.text_hash.toString('hex'))! }));
+      if (items.length === 0) continue;
+      written += (await writeEmbeddings(db, source, open.version, items)).filter((w) => w.stored).length;
+    }
+    const problem = batch.status === 'completed' ? null : `provider batch ${batch.status}`;
+    await db.query(`select regen.provider_batch_done($1, 'written', $2, $3)`, [open.id, written, problem]);
+  });
+}
+
+/** Runs `work` in a transaction that holds the provider batch's record, if no other worker does and it is still open. */
+async function inTransaction(pool: pg.Pool, id: string, work: (db: pg.PoolClient) => Promise<void>): Promise<void> {
+  const db = await pool.connect();
+  try {
+    await db.query('begin');
+    const { rows } = await db.query(
+      `select 1 from regen._provider_batches where id = $1 and state in ('submitting', 'submitted') for update skip locked`, [id]);
+    if (rows.length === 0) {
+      await db.query('rollback');
+      return;
+    }
+    await work(db);
+    await db.query('commit');
+  } catch (err) {
+    await db.query('rollback').catch(() => {});
+    throw err;
+  } finally {
+    db.release();
+  }
+}
