@@ -87,6 +87,15 @@ describe('the Batch API of the local server', () => {
     expect(errors[0]).toMatchObject({ custom_id: 'r1', response: { status_code: 500 } });
   });
 
+  it('lists its batches, newest first, with their metadata', async () => {
+    const a = await client.batches.create({ input_file_id: (await submit([line('x', 'text')])).input_file_id, endpoint: '/v1/embeddings',
+      completion_window: '24h', metadata: { pgregen_batch: 'abc' } });
+    const listed = [];
+    for await (const b of client.batches.list({ limit: 100 })) listed.push(b);
+    expect(listed[0]).toMatchObject({ id: a.id, metadata: { pgregen_batch: 'abc' } });
+    expect(listed.length).toBeGreaterThanOrEqual(2);
+  });
+
   it('answers 404 for a batch or file it does not have', async () => {
     await expect(client.batches.retrieve('batch_nope')).rejects.toBeInstanceOf(OpenAI.NotFoundError);
     await expect(client.files.retrieve('file-nope')).rejects.toBeInstanceOf(OpenAI.NotFoundError);

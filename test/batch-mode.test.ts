@@ -3,8 +3,10 @@
 // endpoint; an edit made while its row is in a provider batch is refused as stale and embedded
 // synchronously; an expired batch writes what it has and queues the rest again; a provider batch
 // that a stopped worker left in flight is written back, once, by the next worker.
+import OpenAI, { toFile } from 'openai';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { startEmbeddingServer, type EmbeddingServer } from '../src/provider-server.ts';
+import { prepareInputs } from '../src/store.ts';
 import { startMigration } from '../src/migrate.ts';
 import type { RunningWorker } from '../src/worker/run.ts';
 import { freshDatabase, keepOnFailure, type TestDatabase } from './support/db.ts';
@@ -81,6 +83,35 @@ describe('batch mode', () => {
     expect(first.requeued).toBe(40 - first.written);
     server.setBatchOptions({});
     await waitFor('batch@2 current', async () => (await current('batch@2')) === 40, 40_000, 250);
+    await assertStoreConsistent(db);
+  });
+
+  it('a record a worker left submitting when it died: found at the provider by its metadata and written, or given up and queued again', async () => {
+    await startMigration(db, 'notes', 'batch@2');
+    // what a worker that died between recording and marking leaves: two records (the first also
+    // created at the provider, the second not), made two minutes ago
+    const ids: string[] = [];
+    for (const rows of [['1', '2', '3', '4', '5'], ['6', '7', '8']]) {
+      const inputs = await prepareInputs(db, 'notes', 'batch@2', rows);
+      const { rows: [r] } = await db.query(`select regen.record_provider_batch('batch@2', 'notes', $1, $2, $3, $4) as id`,
+        [inputs.map((i) => i.rowId), inputs.map((i) => i.chunkNo), inputs.map((i) => i.contentHash), inputs.map((i) => i.textHash)]);
+      ids.push(r.id);
+      if (ids.length === 1) {
+        const client = new OpenAI({ apiKey: 'test-key', baseURL: server.url });
+        const lines = inputs.map((i) => JSON.stringify({ custom_id: i.textHash.toString('hex'), method: 'POST', url: '/v1/embeddings',
+          body: { model: 'local-hash', input: i.input, encoding_format: 'float', dimensions: DIMS } }));
+        const file = await client.files.create({ file: await toFile(Buffer.from(lines.join('\n')), 'x.jsonl'), purpose: 'batch' });
+        await client.batches.create({ input_file_id: file.id, endpoint: '/v1/embeddings', completion_window: '24h', metadata: { pgregen_batch: r.id } });
+      }
+    }
+    await db.query(`update regen._provider_batches set created_at = now() - interval '2 minutes'`);
+    const batchBefore = server.batchStats.batches;
+    worker = await inProcessWorker(workerEnv(db.url, server));
+    await waitFor('batch@2 current', async () => (await current('batch@2')) === 40, 40_000, 250);
+    const { rows: ended } = await db.query(`select id, state, written, requeued, last_error from regen.provider_batches where id = any($1)`, [ids]);
+    expect(ended.find((b) => b.id === ids[0])).toMatchObject({ state: 'written', written: 5, requeued: 0 });
+    expect(ended.find((b) => b.id === ids[1])).toMatchObject({ state: 'abandoned', requeued: 3, last_error: expect.stringMatching(/never created/) });
+    expect(server.batchStats.batches - batchBefore).toBeGreaterThanOrEqual(1);   // the rest, and the 3 given up, in a new batch
     await assertStoreConsistent(db);
   });
 

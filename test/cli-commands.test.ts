@@ -121,7 +121,8 @@ describe('pgregen gap and rebuild --dry-run', () => {
     const result = json(await pgregen(['rebuild', '--dry-run', '--json']));
     expect(result).toEqual({
       dryRun: true, items: 12, estimatedTokens: expected.estimated_tokens, pricePerMTok: 0.02,
-      estimatedCostUsd: expected.estimated_tokens / 1e6 * 0.02,
+      estimatedCostUsd: expected.estimated_tokens / 1e6 * 0.02, estimatedBatchApiCostUsd: expected.estimated_tokens / 1e6 * 0.01,
+      batchModeVersions: [],
       rows: [{ source: 'notes', version: 'cli@1', items: 12, estimated_tokens: expected.estimated_tokens, jobs: 1 }],
     });
     const tenant = json(await pgregen(['rebuild', '--dry-run', '--json', '--tenant', 'tenant_1', '--price-per-mtok', '1000']));
@@ -131,9 +132,10 @@ describe('pgregen gap and rebuild --dry-run', () => {
     const text = await pgregen(['rebuild', '--dry-run', '--price-per-mtok', '1000']);
     expect(text.code).toBe(0);
     expect(text.stdout).toMatch(/^dry run: nothing was enqueued\n/);
-    expect(text.stdout).toMatch(/│ notes +│ cli@1 +│ 12 +│ [\d,]+ +│ 1 +│ \$\d+\.\d\d +│/);
+    expect(text.stdout).toMatch(/│ notes +│ cli@1 +│ 12 +│ [\d,]+ +│ 1 +│ \$\d+\.\d\d +│ \$\d+\.\d\d +│ sync +│/);
     expect(text.stdout).toContain(`total: 12 items, about ${expected.estimated_tokens.toLocaleString('en-US')} tokens, ` +
-      `about $${(expected.estimated_tokens / 1000).toFixed(2)} at $1000 per million tokens\n(an estimate:`);
+      `about $${(expected.estimated_tokens / 1000).toFixed(2)} at $1000 per million tokens, ` +
+      `$${(expected.estimated_tokens / 2000).toFixed(2)} through the Batch API`);
     expect(await queuedJobs()).toBe(0);
     expect((await db.query(`select queued::int from regen.embedding_gap`)).rows[0].queued).toBe(0);
   });

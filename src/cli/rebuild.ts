@@ -23,18 +23,28 @@ export const DEFAULT_PRICE_PER_MTOK = 0.02;
 /** Dollars with two significant digits below a cent: $0.000012, $0.0080, $0.50, $12.30. */
 const usd = (n: number) => `$${n.toFixed(n > 0 && n < 1 ? Math.min(10, Math.max(2, 1 - Math.floor(Math.log10(n)))) : 2)}`;
 
-export function formatDryRun(rows: RebuildRow[], pricePerMTok: number): string {
+/** The Batch API's price against the synchronous one (OpenAI: half). */
+export const BATCH_API_PRICE_FACTOR = 0.5;
+
+/** `batchMode`: the versions in batch mode (regen.set_batch_mode), whose backfill goes through the Batch API. */
+export function formatDryRun(rows: RebuildRow[], pricePerMTok: number, batchMode: Set<string> = new Set()): string {
   if (rows.length === 0) return 'no sources registered: nothing to rebuild';
-  const table = new Table({ head: ['source', 'version', 'items', 'estimated tokens', 'jobs', 'estimated cost'], style: { head: [], border: [] } });
+  const table = new Table({ head: ['source', 'version', 'items', 'estimated tokens', 'jobs', 'estimated cost', 'through the Batch API', 'mode'],
+    style: { head: [], border: [] } });
   let items = 0;
   let tokens = 0;
   for (const r of rows) {
     items += r.items;
     tokens += r.estimated_tokens ?? 0;
-    table.push([r.source, r.version, count(r.items), count(r.estimated_tokens ?? 0), count(r.jobs), usd((r.estimated_tokens ?? 0) / 1e6 * pricePerMTok)]);
+    const cost = (r.estimated_tokens ?? 0) / 1e6 * pricePerMTok;
+    table.push([r.source, r.version, count(r.items), count(r.estimated_tokens ?? 0), count(r.jobs), usd(cost), usd(cost * BATCH_API_PRICE_FACTOR),
+      batchMode.has(r.version) ? 'batch' : 'sync']);
   }
+  const total = tokens / 1e6 * pricePerMTok;
   return `dry run: nothing was enqueued\n${table.toString()}\n` +
-    `total: ${count(items)} items, about ${count(tokens)} tokens, about ${usd(tokens / 1e6 * pricePerMTok)} at $${pricePerMTok} per million tokens\n` +
+    `total: ${count(items)} items, about ${count(tokens)} tokens, about ${usd(total)} at $${pricePerMTok} per million tokens, ` +
+    `${usd(total * BATCH_API_PRICE_FACTOR)} through the Batch API (half the price; a version in batch mode sends its backfill there: ` +
+    'select regen.set_batch_mode(version, true))\n' +
     '(an estimate: 4 bytes a token, before the cache; texts the cache already holds cost nothing, and the worker counts tokens exactly)';
 }
 
@@ -177,14 +187,19 @@ export function rebuildCommand(): Command {
       await withInstalled(databaseUrl(command), 'pgregen rebuild', async (db) => {
         if (!opts.dryRun) return enqueueAndFollow(db, databaseUrl(command), opts);
         const rows = await rebuild(db, opts);
+        const { rows: modes } = await db.query<{ tag: string }>(
+          `select tag from regen.versions where to_regprocedure('regen.batch_mode(text)') is not null and regen.batch_mode(tag)`);
+        const batchMode = new Set(modes.map((m) => m.tag));
         if (opts.json) {
           const tokens = rows.reduce((n, r) => n + (r.estimated_tokens ?? 0), 0);
           console.log(toJson({
             dryRun: true, rows, items: rows.reduce((n, r) => n + r.items, 0), estimatedTokens: tokens,
             pricePerMTok: opts.pricePerMtok, estimatedCostUsd: tokens / 1e6 * opts.pricePerMtok,
+            estimatedBatchApiCostUsd: tokens / 1e6 * opts.pricePerMtok * BATCH_API_PRICE_FACTOR,
+            batchModeVersions: [...batchMode].sort(),
           }));
         } else {
-          console.log(formatDryRun(rows, opts.pricePerMtok));
+          console.log(formatDryRun(rows, opts.pricePerMtok, batchMode));
         }
       });
     });

@@ -1,6 +1,7 @@
 // OpenAI's Batch API for the local server, for /v1/embeddings (issue 14, item 2): files
 // (POST /v1/files, multipart, purpose "batch"; GET /v1/files/{id}; GET /v1/files/{id}/content) and
-// batches (POST /v1/batches; GET /v1/batches/{id}; POST /v1/batches/{id}/cancel), with OpenAI's
+// batches (POST /v1/batches; GET /v1/batches, one page, newest first; GET /v1/batches/{id};
+// POST /v1/batches/{id}/cancel), with OpenAI's
 // objects, statuses and line formats. A batch goes validating → in_progress → finalizing →
 // completed, its lines embedded one after another after the sync endpoint's checks; a line that
 // fails them, or that the `lineFails` fault picks, goes to the error file with its status and body.
@@ -79,6 +80,11 @@ export class BatchApi {
       if (method === 'GET' && parts[3] === 'content' && parts.length === 4) return { status: 200, body: null, raw: file.content };
     } else {
       if (method === 'POST' && parts.length === 2) return { status: 200, body: this.#create(await json(req)) };
+      if (method === 'GET' && parts.length === 2) {
+        // newest first, as OpenAI lists them; one page
+        const data = [...this.#batches.values()].reverse().map((b) => this.#check(b));
+        return { status: 200, body: { object: 'list', data, first_id: data[0]?.id ?? null, last_id: data.at(-1)?.id ?? null, has_more: false } };
+      }
       const batch = this.#batches.get(parts[2] ?? '');
       if (!batch) throw new ApiError(404, `No batch found with id '${parts[2] ?? ''}'.`, 'invalid_request_error', null, 'batch_not_found');
       if (method === 'GET' && parts.length === 3) return { status: 200, body: this.#check(batch) };
