@@ -139,6 +139,15 @@ describe('pgregen gap and rebuild --dry-run', () => {
     expect(await queuedJobs()).toBe(0);
     expect((await db.query(`select queued::int from regen.embedding_gap`)).rows[0].queued).toBe(0);
   });
+
+  it('version batch-mode sets the mode that the worker and the dry run read, and refuses anything but on or off', async () => {
+    expect(await pgregen(['version', 'batch-mode', 'cli@1', 'on'])).toMatchObject({ code: 0, stdout: expect.stringMatching(/Batch API/) });
+    expect(json(await pgregen(['rebuild', '--dry-run', '--json'])).batchModeVersions).toEqual(['cli@1']);
+    expect((await pgregen(['rebuild', '--dry-run'])).stdout).toMatch(/│ cli@1 +│.*│ batch +│/);
+    expect((await pgregen(['version', 'batch-mode', 'cli@1', 'off'])).code).toBe(0);
+    expect((await db.query(`select regen.batch_mode('cli@1') as on`)).rows[0].on).toBe(false);
+    expect(await pgregen(['version', 'batch-mode', 'cli@1', 'maybe'])).toMatchObject({ code: 2, stderr: expect.stringMatching(/expected on or off/) });
+  });
 });
 
 describe('pgregen status', () => {

@@ -71,6 +71,22 @@ export function versionCommand(): Command {
       else console.log(`version ${tag} already exists with the same settings: nothing to do`);
     });
 
+  version.command('batch-mode')
+    .description('send a version\'s backfill (rebuilds, migrations) through the provider\'s Batch API at half the price, ' +
+      'results within 24 hours, or back through the synchronous endpoint (regen.set_batch_mode); fresh edits always go synchronous')
+    .argument('<tag>', 'the version tag')
+    .argument('<mode>', 'on or off', (value: string) => {
+      if (value !== 'on' && value !== 'off') throw new InvalidArgumentError('expected on or off');
+      return value;
+    })
+    .action(async (tag: string, mode: string, _opts: unknown, command: Command) => {
+      await withInstalled(databaseUrl(command), 'pgregen version', (db) =>
+        db.query('select regen.set_batch_mode($1::text, $2::boolean)', [tag, mode === 'on']));
+      console.log(mode === 'on'
+        ? `version ${tag}: backfill through the Batch API (submitted by the worker, written back as batches finish; see regen.provider_batches)`
+        : `version ${tag}: backfill through the synchronous endpoint`);
+    });
+
   version.command('list')
     .description('list the versions and the sources using them (regen.versions)')
     .option('--json', 'print rows as JSON')
