@@ -102,11 +102,96 @@ begin
   on conflict do nothing;
   update regen._items it set queue_job = v_id
    where it.source_id = v_source and it.version_id = v_version and it.row_id = any(row_ids);
+  -- the texts' claims pass from the jobs to the provider batch, which holds them until it is written
+  -- back: another batch that wants one of its texts waits for it (or joins it) instead of paying again
+  update regen._claims c set job_id = v_id, claimed_at = now()
+   where c.version_id = v_version and c.text_hash = any(text_hashes);
   return v_id;
 end
 $$;
 comment on function regen.record_provider_batch(text, text, text[], integer[], bytea[], bytea[]) is
   'Worker-facing: records a provider batch about to be submitted (state submitting) with its chunks; its items point at it';
+
+-- A row whose text another submission has claimed joins the provider batch that has its text
+-- (submitting or submitted), whole: every chunk's text must be there. Returns the rows attached.
+create function regen.attach_to_provider_batches(version text, source text, row_ids text[], chunk_nos integer[],
+                                                 content_hashes bytea[], text_hashes bytea[])
+returns text[]
+language plpgsql volatile
+as $$
+declare
+  v_version integer := regen._version_id(version);
+  v_source integer := (regen._source(source)).id;
+  v_rows text[];
+begin
+  with wanted as (
+    select r.row_id, r.chunk_no, r.content_hash, r.text_hash,
+           (select b.id from regen._provider_batches b
+              join regen._provider_batch_rows x on x.batch_id = b.id and x.text_hash = r.text_hash
+             where b.version_id = v_version and b.state in ('submitting', 'submitted')
+             order by b.created_at limit 1) as batch_id
+    from unnest(row_ids, chunk_nos, content_hashes, text_hashes) as r(row_id, chunk_no, content_hash, text_hash)
+  ), whole as (
+    select w.row_id from wanted w group by w.row_id having bool_and(w.batch_id is not null)
+  ), attached as (
+    insert into regen._provider_batch_rows (batch_id, source_id, row_id, chunk_no, content_hash, text_hash)
+    select w.batch_id, v_source, w.row_id, w.chunk_no, w.content_hash, w.text_hash
+    from wanted w join whole using (row_id)
+    on conflict do nothing
+    returning row_id, batch_id
+  ), pointed as (
+    update regen._items it set queue_job = a.batch_id
+      from (select distinct on (a.row_id) a.row_id, a.batch_id from attached a order by a.row_id) a
+     where it.source_id = v_source and it.version_id = v_version and it.row_id = a.row_id
+    returning it.row_id
+  )
+  select coalesce(array_agg(p.row_id), '{}') into v_rows from pointed p;
+  return v_rows;
+end
+$$;
+comment on function regen.attach_to_provider_batches(text, text, text[], integer[], bytea[], bytea[]) is
+  'Worker-facing: rows whose every chunk text is in a provider batch in flight of the version join it (written back with it); '
+  'returns the rows attached';
+
+-- The claims of sql/0022_fair_queue.sql: a provider batch in flight holds its texts' claims as an
+-- active job does, and release_claims' cleanup of old claims leaves them.
+create or replace function regen._job_active(version_id integer, job_id uuid)
+returns boolean
+language plpgsql volatile
+as $$
+begin
+  return exists (select 1 from pgboss.job j
+                 where j.name = regen._queue(_job_active.version_id) and j.id = _job_active.job_id and j.state = 'active')
+      or exists (select 1 from regen._provider_batches b
+                 where b.id = _job_active.job_id and b.state in ('submitting', 'submitted'));
+end
+$$;
+comment on function regen._job_active(integer, uuid) is
+  'Whether a job of the version''s queue is being worked now (state active), or a provider batch of batch mode is in flight, '
+  'as committed now';
+
+create or replace function regen.release_claims(job_ids uuid[])
+returns bigint
+language sql volatile
+as $$
+  -- Never waits: a claim locked by a batch taking it over is that batch's now. Claims older than an
+  -- hour (of a crashed worker, whose job has long been retried) go as well, but for those of a
+  -- provider batch in flight (up to a day).
+  with gone as (
+    delete from regen._claims c
+     where c.ctid = any(array(select c2.ctid from regen._claims c2
+                              where c2.job_id = any(release_claims.job_ids)
+                                 or (c2.claimed_at < now() - interval '1 hour'
+                                     and not exists (select 1 from regen._provider_batches b
+                                                     where b.id = c2.job_id and b.state in ('submitting', 'submitted')))
+                              for update skip locked))
+    returning 1
+  )
+  select count(*) from gone
+$$;
+comment on function regen.release_claims(uuid[]) is
+  'Worker-facing: releases the texts the given jobs claimed (regen.prepare_inputs), after their vectors were written or '
+  'their batch failed; returns the claims released. A provider batch in flight keeps its claims until it is written back.';
 
 create function regen.provider_batch_submitted(id uuid, provider_batch_id text, input_file_id text, expires_at timestamptz)
 returns void
@@ -158,6 +243,7 @@ begin
        and it.queue_job = provider_batch_done.id;
     v_requeued := v_requeued + regen._enqueue(v_pair.source_id, v_batch.version_id, v_pair.rows, false);
   end loop;
+  delete from regen._claims c where c.job_id = provider_batch_done.id;
   update regen._provider_batches b
      set state = provider_batch_done.state, written_at = now(), written = provider_batch_done.written,
          requeued = v_requeued, last_error = coalesce(provider_batch_done.last_error, b.last_error)

@@ -24,6 +24,7 @@ export interface BatchOptions {
 export interface BatchStats {
   /** Inputs embedded through batches (and lines answered), apart from the sync endpoint's counts. */
   inputs: number;
+  tokens: number;
   lines: number;
   batches: number;
 }
@@ -44,7 +45,7 @@ const now = () => Math.floor(Date.now() / 1000);
 const id = (prefix: string) => `${prefix}${randomUUID().replaceAll('-', '').slice(0, 24)}`;
 
 export class BatchApi {
-  readonly stats: BatchStats = { inputs: 0, lines: 0, batches: 0 };
+  readonly stats: BatchStats = { inputs: 0, tokens: 0, lines: 0, batches: 0 };
   readonly #files = new Map<string, FileObject>();
   readonly #batches = new Map<string, BatchObject>();
   readonly #deadlines = new Map<string, number>();   // batch id → ms since the epoch
@@ -209,6 +210,7 @@ export class BatchApi {
         output.push(JSON.stringify({ id: id('batch_req_'), custom_id: customId, response: { status_code: 200, request_id: requestId, body: answer }, error: null }));
         batch.request_counts.completed++;
         this.stats.inputs += request.inputs.length;
+        this.stats.tokens += request.tokens.reduce((a, t) => a + t, 0);
         this.stats.lines++;
       } catch (err) {
         const error = err instanceof ApiError ? err : new ApiError(500, `The server had an error processing your request: ${(err as Error).message}`, 'server_error');

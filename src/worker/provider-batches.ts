@@ -13,7 +13,7 @@
 // transaction that holds its record and marks it written, so its results are written once.
 import OpenAI, { toFile } from 'openai';
 import type pg from 'pg';
-import { applyRows, prepareInputs, writeEmbeddings, type VersionInfo } from '../store.ts';
+import { applyRows, prepareInputs, writeEmbeddings, type Input, type VersionInfo } from '../store.ts';
 import type { BatchJob } from './batch.ts';
 
 export interface ProviderBatchDeps {
@@ -40,22 +40,36 @@ export async function inBatchMode(db: pg.Pool, job: BatchJob): Promise<boolean> 
  * jobs with the rows another batch was embedding (deferred), for the synchronous path.
  */
 export async function submitBackfill(jobs: BatchJob[], deps: ProviderBatchDeps): Promise<BatchJob[]> {
-  const deferred: BatchJob[] = [];
   interface Group { source: string; version: string; rows: Array<{ rowId: string; chunkNo: number; contentHash: Buffer; textHash: Buffer }>; texts: Map<string, string> }
   const groups = new Map<string, Group>();
+  const prepared: Array<{ job: BatchJob; group: Group; inputs: Input[] }> = [];
   for (const job of jobs) {
     await applyRows(deps.pool, job.data.source, job.data.rows);
     const inputs = await prepareInputs(deps.pool, job.data.source, job.data.version, job.data.rows, { jobId: job.id });
-    const waiting = [...new Set(inputs.filter((i) => i.deferred).map((i) => i.rowId))];
-    if (waiting.length > 0) deferred.push({ id: job.id, data: { ...job.data, rows: waiting } });
     const id = `${job.data.source}\u0000${job.data.version}`;
     const group: Group = groups.get(id) ?? { source: job.data.source, version: job.data.version, rows: [], texts: new Map<string, string>() };
-    for (const i of inputs) {
-      if (i.deferred) continue;
-      group.rows.push({ rowId: i.rowId, chunkNo: i.chunkNo, contentHash: i.contentHash, textHash: i.textHash });
-      if (i.input !== null) group.texts.set(i.textHash.toString('hex'), i.input);
-    }
     groups.set(id, group);
+    prepared.push({ job, group, inputs });
+    for (const i of inputs) if (!i.deferred && i.input !== null) group.texts.set(i.textHash.toString('hex'), i.input);
+  }
+  // A row deferred because another job of this submission claimed its text rides along in the same
+  // provider batch (one line per text); one deferred for a job elsewhere waits for it the synchronous way.
+  const deferred: BatchJob[] = [];
+  for (const { job, group, inputs } of prepared) {
+    const waiting = new Set<string>();
+    for (const i of inputs) {
+      if (i.deferred && !group.texts.has(i.textHash.toString('hex'))) {
+        waiting.add(i.rowId);
+        continue;
+      }
+      group.rows.push({ rowId: i.rowId, chunkNo: i.chunkNo, contentHash: i.contentHash, textHash: i.textHash });
+    }
+    if (waiting.size > 0) deferred.push({ id: job.id, data: { ...job.data, rows: [...waiting] } });
+  }
+  // a row waiting elsewhere with one chunk here and one there goes the synchronous way whole
+  for (const d of deferred) {
+    const group = groups.get(`${d.data.source}\u0000${d.data.version}`)!;
+    group.rows = group.rows.filter((r) => !d.data.rows.includes(r.rowId));
   }
   for (const group of groups.values()) {
     if (group.rows.length === 0) continue;
@@ -75,7 +89,23 @@ export async function submitBackfill(jobs: BatchJob[], deps: ProviderBatchDeps):
       metadata: { pgregen_batch: id } });
     await deps.pool.query('select regen.provider_batch_submitted($1, $2, $3, to_timestamp($4))', [id, batch.id, file.id, batch.expires_at ?? null]);
   }
-  return deferred;
+  // Rows whose text another submission claimed: they join its provider batch once it is recorded
+  // (it may be about to be); those that cannot wait for it the synchronous way.
+  const left: BatchJob[] = [];
+  for (const d of deferred) {
+    const chunks = prepared.find((p) => p.job.id === d.id)!.inputs.filter((i) => d.data.rows.includes(i.rowId));
+    let waiting = d.data.rows;
+    for (let attempt = 0; attempt < 4 && waiting.length > 0; attempt++) {
+      if (attempt > 0) await new Promise((r) => setTimeout(r, 500));
+      const mine = chunks.filter((c) => waiting.includes(c.rowId));
+      const { rows: [attached] } = await deps.pool.query<{ rows: string[] }>(
+        'select regen.attach_to_provider_batches($1, $2, $3, $4, $5, $6) as rows',
+        [d.data.version, d.data.source, mine.map((c) => c.rowId), mine.map((c) => c.chunkNo), mine.map((c) => c.contentHash), mine.map((c) => c.textHash)]);
+      waiting = waiting.filter((r) => !attached!.rows.includes(r));
+    }
+    if (waiting.length > 0) left.push({ id: d.id, data: { ...d.data, rows: waiting } });
+  }
+  return left;
 }
 
 interface OpenBatch { id: string; version: string; state: 'submitting' | 'submitted'; provider_batch_id: string | null; created_at: Date }
