@@ -7,11 +7,12 @@
 -- distinct text (custom_id: the text's sha256 in hex), creates the provider batch and completes the
 -- queue jobs. The items then point at the provider batch (queue_job = its id here), so that no
 -- rebuild or recovery enqueues them again while it is in flight. The worker polls what is in
--- flight; a finished batch (completed, expired, failed, cancelled) is written back in one
--- transaction with regen.write_embeddings' checks (a text edited after submission is refused as
--- stale; its edit has its fresh job), and whatever it did not embed goes back to the queue. That
--- transaction holds the provider batch's row, and marks it written: a batch's results are written
--- once, whichever worker gets there, after whatever crash.
+-- flight; a finished batch (completed, expired, failed, cancelled) is written back a slice at a
+-- time (so that no item stays locked through a long write-back), each slice in a transaction that
+-- holds the provider batch's row, goes through regen.write_embeddings' checks (a text edited after
+-- submission is refused as stale; its edit has its fresh job) and marks its chunks written; the
+-- last marks the batch written and queues again whatever it did not embed. So each chunk's result
+-- is written once, whichever worker gets there, after whatever crash.
 --
 -- Error codes of this file: RG001 (reused) unknown version.
 
@@ -46,10 +47,27 @@ create table regen._provider_batch_rows (
   chunk_no integer not null,
   content_hash bytea not null,
   text_hash bytea not null,
+  written boolean not null default false,
   primary key (batch_id, source_id, row_id, chunk_no)
 );
 comment on table regen._provider_batch_rows is
-  'The chunks a provider batch embeds: line custom_id = encode(text_hash, ''hex''), one line per distinct text';
+  'The chunks a provider batch embeds: line custom_id = encode(text_hash, ''hex''), one line per distinct text; written: '
+  'its vector was handed to write_embeddings (the write-back goes a slice at a time, each slice once)';
+
+-- A slice of a finished provider batch written back: its chunks marked written, the count kept.
+create function regen.provider_batch_slice_written(id uuid, source text, row_ids text[], chunk_nos integer[], stored integer)
+returns void
+language sql volatile
+as $$
+  update regen._provider_batch_rows r set written = true
+    from unnest(provider_batch_slice_written.row_ids, provider_batch_slice_written.chunk_nos) as w(row_id, chunk_no)
+   where r.batch_id = provider_batch_slice_written.id and r.source_id = (regen._source(provider_batch_slice_written.source)).id
+     and r.row_id = w.row_id and r.chunk_no = w.chunk_no;
+  update regen._provider_batches b set written = coalesce(b.written, 0) + provider_batch_slice_written.stored
+   where b.id = provider_batch_slice_written.id;
+$$;
+comment on function regen.provider_batch_slice_written(uuid, text, text[], integer[], integer) is
+  'Worker-facing: marks a slice of a provider batch''s chunks written back (in the transaction that wrote them), adding the vectors stored';
 
 create view regen.provider_batches as
   select b.id, v.tag as version, b.state, b.provider_batch_id, b.provider_status, b.lines, b.completed, b.failed,
@@ -218,7 +236,7 @@ comment on function regen.provider_batch_checked(uuid, text, integer, integer) i
 
 -- The end of a provider batch, in the transaction that wrote its vectors back (or that found it was
 -- never created): marked so, and every item it left without its vector queued again as backfill.
-create function regen.provider_batch_done(id uuid, state text, written integer default 0, last_error text default null)
+create function regen.provider_batch_done(id uuid, state text, last_error text default null)
 returns bigint
 language plpgsql volatile
 as $$
@@ -245,13 +263,13 @@ begin
   end loop;
   delete from regen._claims c where c.job_id = provider_batch_done.id;
   update regen._provider_batches b
-     set state = provider_batch_done.state, written_at = now(), written = provider_batch_done.written,
+     set state = provider_batch_done.state, written_at = now(), written = coalesce(b.written, 0),
          requeued = v_requeued, last_error = coalesce(provider_batch_done.last_error, b.last_error)
    where b.id = provider_batch_done.id;
   return v_requeued;
 end
 $$;
-comment on function regen.provider_batch_done(uuid, text, integer, text) is
+comment on function regen.provider_batch_done(uuid, text, text) is
   'Worker-facing: ends a provider batch (written: its vectors were written back in this transaction; abandoned: it was never '
   'created at the provider) and queues again, as backfill, the items it left without their vector; returns those';
 

@@ -9,8 +9,9 @@
 // the queue jobs complete. A worker that died between recording and marking leaves the record
 // submitting: the poller looks the batch up by its metadata, and gives the record up (its items
 // queued again) when the provider has no such batch.
-// Write-back: a finished batch (completed, expired, failed, cancelled) is written in one
-// transaction that holds its record and marks it written, so its results are written once.
+// Write-back: a finished batch (completed, expired, failed, cancelled) is written a slice at a time,
+// each slice in a transaction that holds its record and marks the slice's chunks written, so that
+// each result is written once and no item stays locked through a long write-back.
 import OpenAI, { toFile } from 'openai';
 import type pg from 'pg';
 import { applyRows, prepareInputs, writeEmbeddings, type Input, type VersionInfo } from '../store.ts';
@@ -25,6 +26,8 @@ export interface ProviderBatchDeps {
 }
 
 const FINISHED = new Set(['completed', 'expired', 'failed', 'cancelled']);
+/** Chunks written back per transaction: the items of a slice stay locked until it commits. */
+const WRITE_SLICE = 500;
 /** A record left submitting longer than this is looked up at the provider (its worker died). */
 const SUBMITTING_GRACE_MS = 60_000;
 
@@ -143,7 +146,7 @@ async function resumeSubmitting(open: OpenBatch, client: OpenAI, deps: ProviderB
     if (batch.created_at * 1000 < open.created_at.getTime() - 60_000) break;   // listed newest first: older ones cannot be it
   }
   await inTransaction(deps.pool, open.id, async (db) => {
-    await db.query(`select regen.provider_batch_done($1, 'abandoned', 0, 'never created at the provider (its worker stopped first)')`, [open.id]);
+    await db.query(`select regen.provider_batch_done($1, 'abandoned', 'never created at the provider (its worker stopped first)')`, [open.id]);
   });
 }
 
@@ -158,25 +161,36 @@ async function writeBack(open: OpenBatch, batch: OpenAI.Batches.Batch, client: O
       if (embedding) vectors.set(answer.custom_id, embedding);
     }
   }
-  await inTransaction(deps.pool, open.id, async (db) => {
-    const { rows } = await db.query<{ source: string; row_id: string; chunk_no: number; content_hash: Buffer; text_hash: Buffer }>(
-      `select s.name as source, r.row_id, r.chunk_no, r.content_hash, r.text_hash
-         from regen._provider_batch_rows r join regen._sources s on s.id = r.source_id
-        where r.batch_id = $1 order by s.name, r.row_id, r.chunk_no`, [open.id]);
-    let written = 0;
-    for (const source of new Set(rows.map((r) => r.source))) {
-      const items = rows.filter((r) => r.source === source && vectors.has(r.text_hash.toString('hex')))
-        .map((r) => ({ rowId: r.row_id, chunkNo: r.chunk_no, contentHash: r.content_hash, embedding: vectors.get(r.text_hash.toString('hex'))! }));
-      if (items.length === 0) continue;
-      written += (await writeEmbeddings(db, source, open.version, items)).filter((w) => w.stored).length;
-    }
-    const problem = batch.status === 'completed' ? null : `provider batch ${batch.status}`;
-    await db.query(`select regen.provider_batch_done($1, 'written', $2, $3)`, [open.id, written, problem]);
-  });
+  // a slice at a time, each in a transaction of its own that marks its chunks written
+  for (let more = true; more;) {
+    await inTransaction(deps.pool, open.id, async (db) => {
+      const { rows } = await db.query<{ source: string; row_id: string; chunk_no: number; content_hash: Buffer; text_hash: Buffer }>(
+        `select s.name as source, r.row_id, r.chunk_no, r.content_hash, r.text_hash
+           from regen._provider_batch_rows r join regen._sources s on s.id = r.source_id
+          where r.batch_id = $1 and not r.written order by s.name, r.row_id, r.chunk_no limit $2`, [open.id, WRITE_SLICE]);
+      if (rows.length === 0) {
+        const problem = batch.status === 'completed' ? null : `provider batch ${batch.status}`;
+        await db.query(`select regen.provider_batch_done($1, 'written', $2)`, [open.id, problem]);
+        more = false;
+        return;
+      }
+      for (const source of new Set(rows.map((r) => r.source))) {
+        const mine = rows.filter((r) => r.source === source);
+        const items = mine.filter((r) => vectors.has(r.text_hash.toString('hex')))
+          .map((r) => ({ rowId: r.row_id, chunkNo: r.chunk_no, contentHash: r.content_hash, embedding: vectors.get(r.text_hash.toString('hex'))! }));
+        const stored = items.length === 0 ? 0 : (await writeEmbeddings(db, source, open.version, items)).filter((w) => w.stored).length;
+        await db.query('select regen.provider_batch_slice_written($1, $2, $3, $4, $5)',
+          [open.id, source, mine.map((r) => r.row_id), mine.map((r) => r.chunk_no), stored]);
+      }
+    }).then((held) => { if (!held) more = false; });
+  }
 }
 
-/** Runs `work` in a transaction that holds the provider batch's record, if no other worker does and it is still open. */
-async function inTransaction(pool: pg.Pool, id: string, work: (db: pg.PoolClient) => Promise<void>): Promise<void> {
+/**
+ * Runs `work` in a transaction that holds the provider batch's record, if no other worker does and it
+ * is still open; false when it did not run.
+ */
+async function inTransaction(pool: pg.Pool, id: string, work: (db: pg.PoolClient) => Promise<void>): Promise<boolean> {
   const db = await pool.connect();
   try {
     await db.query('begin');
@@ -184,10 +198,11 @@ async function inTransaction(pool: pg.Pool, id: string, work: (db: pg.PoolClient
       `select 1 from regen._provider_batches where id = $1 and state in ('submitting', 'submitted') for update skip locked`, [id]);
     if (rows.length === 0) {
       await db.query('rollback');
-      return;
+      return false;
     }
     await work(db);
     await db.query('commit');
+    return true;
   } catch (err) {
     await db.query('rollback').catch(() => {});
     throw err;
