@@ -30,6 +30,21 @@
 --
 -- Error codes of this file: none new.
 
+-- A text claimed by something that is not a job of the version's queue (a provider batch of batch
+-- mode, sql/0027, which holds its texts' claims for up to a day): a fresh edit does not wait for it.
+create function regen._claimed_outside_queue(version_id integer, text_hash bytea)
+returns boolean
+language plpgsql volatile
+as $$
+begin
+  return exists (select 1 from regen._claims c
+                 where c.version_id = _claimed_outside_queue.version_id and c.text_hash = _claimed_outside_queue.text_hash
+                   and not exists (select 1 from pgboss.job j where j.name = regen._queue(c.version_id) and j.id = c.job_id));
+end
+$$;
+comment on function regen._claimed_outside_queue(integer, bytea) is
+  'Whether a text''s claim (regen._claims) is held by something other than a job of the version''s queue (a provider batch), as committed now';
+
 create or replace function regen.prepare_inputs(source text, version text, row_ids text[], job_id uuid default null, force boolean default false)
 returns table (row_id text, chunk_no integer, content_hash bytea, text_hash bytea, input text, deferred boolean)
 language plpgsql volatile set jit = off
@@ -45,6 +60,7 @@ declare
   v_broken text[] := '{}';
   v_id text;
   v_since timestamptz;
+  v_fresh boolean := false;
   -- what the read found: drifted rows (their hash now and the one their item recorded), and the plan
   v_drift_rows text[];
   v_drift_now bytea[];
@@ -66,6 +82,10 @@ begin
   -- were embedded by this rebuild (another of its batches, or an earlier attempt of this job).
   if force and job_id is not null then
     v_since := regen._job_created(v_version.id, job_id);
+  end if;
+  if job_id is not null then
+    v_fresh := exists (select 1 from pgboss.job j
+                       where j.name = regen._queue(v_version.id) and j.id = prepare_inputs.job_id and j.priority >= regen.fresh_priority());
   end if;
 
   -- A job works only the items that still name it: an item moved to a later job is that job's.
@@ -227,7 +247,10 @@ begin
       -- deferred: claimed by another job, or written since this statement began (by a batch whose
       -- claim ended meanwhile): prepared again, it is a cache hit
       select k.*, prepare_inputs.job_id is not null
-                  and (not exists (select 1 from claimed c where c.text_hash = k.text_hash) or d.stored_now) as deferred
+                  and ((not exists (select 1 from claimed c where c.text_hash = k.text_hash)
+                        -- a fresh edit does not wait hours for a provider batch: it is embedded now
+                        and not (v_fresh and regen._claimed_outside_queue(v_version.id, k.text_hash)))
+                       or coalesce(d.stored_now, false)) as deferred
       from known k
       left join (select c.text_hash,
                         regen._stored_now(v_version.id, c.text_hash, case when force then coalesce(v_since, 'infinity') end) as stored_now

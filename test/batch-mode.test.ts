@@ -115,6 +115,24 @@ describe('batch mode', () => {
     await assertStoreConsistent(db);
   });
 
+  it('a fresh edit whose text a provider batch in flight has claimed is embedded at once, not after the batch', async () => {
+    await startMigration(db, 'notes', 'batch@2');
+    // every row's text in a provider batch in flight (recorded, its claims held; never finishing here)
+    const inputs = await prepareInputs(db, 'notes', 'batch@2', Array.from({ length: 40 }, (_, i) => String(i + 1)));
+    const { rows: [r] } = await db.query(`select regen.record_provider_batch('batch@2', 'notes', $1, $2, $3, $4) as id`,
+      [inputs.map((i) => i.rowId), inputs.map((i) => i.chunkNo), inputs.map((i) => i.contentHash), inputs.map((i) => i.textHash)]);
+    await db.query(`insert into regen._claims (version_id, text_hash, job_id) select regen._version_id('batch@2'), t, $1 from unnest($2::bytea[]) t
+                    on conflict do nothing`, [r.id, inputs.map((i) => i.textHash)]);
+    await db.query(`select regen.provider_batch_submitted($1, 'batch_never_finishing', 'file-x', now() + interval '1 day')`, [r.id]);
+    // row 2 is edited to row 1's text: a fresh edit whose text the provider batch holds
+    await db.query(`update notes set body = (select body from notes where id = 1) where id = 2`);
+    worker = await inProcessWorker(workerEnv(db.url, server));
+    await waitFor('row 2 current in batch@2', async () => (await db.query(
+      `select embedded_hash = content_hash as current from regen._items where row_id = '2' and version_id = regen._version_id('batch@2')`)).rows[0]?.current === true,
+      15_000, 200);
+    expect((await batches())[0]).toMatchObject({ state: 'submitted' });   // still in flight
+  });
+
   it('a provider batch a stopped worker left in flight is written back once by the next worker', async () => {
     server.setBatchOptions({ msPerLine: 60 });
     await startMigration(db, 'notes', 'batch@2');
