@@ -10,7 +10,7 @@ import { prepareInputs } from '../src/store.ts';
 import { startMigration } from '../src/migrate.ts';
 import type { RunningWorker } from '../src/worker/run.ts';
 import { freshDatabase, keepOnFailure, type TestDatabase } from './support/db.ts';
-import { assertStoreConsistent, inProcessWorker, waitFor, waitForClosedGap, workerEnv } from './support/worker.ts';
+import { assertStoreConsistent, inProcessWorker, spawnWorker, waitFor, waitForClosedGap, workerEnv } from './support/worker.ts';
 
 const DIMS = 8;
 let db: TestDatabase;
@@ -132,6 +132,26 @@ describe('batch mode', () => {
       15_000, 200);
     expect((await batches())[0]).toMatchObject({ state: 'submitted' });   // still in flight
   });
+
+  it('kill -9 of the worker while its provider batch is in flight: the next worker writes it back, once', async () => {
+    server.setBatchOptions({ msPerLine: 60 });
+    const syncBefore = server.stats.inputs;
+    await startMigration(db, 'notes', 'batch@2');
+    const killed = spawnWorker(workerEnv(db.url, server));
+    try {
+      await waitFor('the provider batch submitted', async () => (await batches()).some((b) => b.state === 'submitted'), 30_000);
+    } finally {
+      killed.child.kill('SIGKILL');
+      await killed.exited;
+    }
+    const batchBefore = server.batchStats.batches;
+    worker = await inProcessWorker(workerEnv(db.url, server));
+    await waitFor('batch@2 current', async () => (await current('batch@2')) === 40, 40_000, 250);
+    expect(await batches()).toEqual([{ state: 'written', provider_status: 'completed', lines: 40, written: 40, requeued: 0 }]);
+    expect(server.batchStats.batches).toBe(batchBefore);   // nothing submitted again
+    expect(server.stats.inputs - syncBefore).toBe(0);      // nothing of the migration went synchronous
+    await assertStoreConsistent(db);
+  }, 90_000);
 
   it('a provider batch a stopped worker left in flight is written back once by the next worker', async () => {
     server.setBatchOptions({ msPerLine: 60 });

@@ -26,6 +26,8 @@ export interface FetchedJob {
   retryCount: number;
   expireInSeconds: number;
   heartbeatSeconds: number | null;
+  /** The job's pg-boss priority (higher first). */
+  priority?: number;
 }
 
 export interface LoopOptions {
@@ -71,7 +73,7 @@ export async function runLoop(o: LoopOptions): Promise<void> {
     const fill = async (upTo: number, range: typeof backfill | typeof fresh) => {
       for (const queue of order) {
         if (jobs.length >= upTo) return;
-        const got = await o.boss.fetch<JobData>(queue, { batchSize: upTo - jobs.length, ...range });
+        const got = await o.boss.fetch<JobData>(queue, { batchSize: upTo - jobs.length, includeMetadata: true, ...range });
         jobs.push(...got.map((j) => ({ ...j, queue })));
       }
     };
@@ -81,7 +83,8 @@ export async function runLoop(o: LoopOptions): Promise<void> {
     if (backfillFirst) credit -= 1;
     await fill(o.jobsPerFetch, backfillFirst ? backfill : fresh);
     await fill(o.jobsPerFetch, backfillFirst ? fresh : backfill);   // the room left
-    return jobs;
+    // pg-boss returns a fetch's jobs in no particular order: the hottest first, as the batch works them
+    return jobs.sort((a, b) => (b.priority ?? 0) - (a.priority ?? 0));
   };
   while (!o.stopping.aborted) {
     let jobs: FetchedJob[];
