@@ -87,9 +87,11 @@ describe('the backfill keeps its share under a steady stream of edits', () => {
     worker = await inProcessWorker(env());
     const window = await editStream(4_000);
     const started = await jobsStarted(window);
-    // one loop, two jobs a batch, every other batch backfill first: half, and more whenever no edit waits
+    // one loop, two jobs a batch, every other batch backfill first: half, and more whenever no edit
+    // waits. The window starts at a fresh job and may end after one: at most one batch (two jobs)
+    // more of the edits' than of the backfill's, however few batches a loaded machine fits in it.
     expect(started.fresh).toBeGreaterThan(5);
-    expect(started.backfill / (started.fresh + started.backfill)).toBeGreaterThanOrEqual(0.45);
+    expect(started.backfill).toBeGreaterThanOrEqual(started.fresh - 2);
     await waitForClosedGap(db, 'notes', 120_000);
     await assertStoreConsistent(db);
   }, 150_000);

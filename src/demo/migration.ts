@@ -6,7 +6,7 @@ import { readGap } from '../gap.ts';
 import { formatGap } from '../format/gap.ts';
 import { cutover, rollback, startMigration } from '../migrate.ts';
 import { QUESTION, heading, type DemoContext } from './context.ts';
-import { V1, V2 } from './setup.ts';
+import { createSecondVersion, V1, V2 } from './setup.ts';
 import { ask, follow, hitsTable, ms, table } from './show.ts';
 
 const SOURCE = 'policy';
@@ -16,6 +16,7 @@ export async function migrationStep(ctx: DemoContext): Promise<void> {
   const tenant = ctx.corpus.tenants[ctx.corpus.tenants.length - 1]!;
   heading(ctx, '5. migrating to a second version');
   say(`${V1} serves the policies; ${V2} embeds them lowercased, in 200-character chunks. it is built beside the one in service:`);
+  await createSecondVersion(db);
   const started = await startMigration(db, SOURCE, V2);
   say(`select * from regen.start_migration('${SOURCE}', '${V2}');  -- ${started.items} items in ${started.jobs} job(s)`);
   say('');

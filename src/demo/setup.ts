@@ -29,6 +29,10 @@ export async function loadCorpus(db: pg.Client, corpus: Corpus): Promise<void> {
 export async function createVersions(db: pg.Client): Promise<void> {
   // any model name does: the local server embeds with USE-Lite whatever it is asked for
   await db.query(`select regen.create_version($1, 'use-lite', 512, 'openai', '{"chunk_chars": 600, "chunk_overlap": 60, "send_dimensions": false}')`, [V1]);
+}
+
+/** The second version, created when the story migrates to it: until then the worker serves one queue, with one fetch loop. */
+export async function createSecondVersion(db: pg.Client): Promise<void> {
   await db.query(`select regen.create_version($1, 'use-lite', 512, 'openai', '{"chunk_chars": 200, "chunk_overlap": 20, "lowercase": true, "send_dimensions": false}')`, [V2]);
 }
 

@@ -44,6 +44,8 @@ export interface LoopOptions {
   pollIntervalMs: number;
   /** How an idle loop waits for its next poll (default: a plain pause); a notification may end it early. */
   sleep?(ms: number, signal: AbortSignal): Promise<void>;
+  /** Called when a fetch found jobs: there may be more, for another loop. */
+  found?(): void;
   /** Aborted when the worker stops: the loop fetches no more, and lets its batch finish. */
   stopping: AbortSignal;
   /** Aborted when the worker must give up its batches (shutdown timeout). */
@@ -99,6 +101,7 @@ export async function runLoop(o: LoopOptions): Promise<void> {
       await (o.sleep ?? pause)(o.pollIntervalMs, o.stopping);
       continue;
     }
+    o.found?.();
     await work(o, jobs);
   }
 }

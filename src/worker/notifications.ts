@@ -27,8 +27,15 @@ export class Wakeup {
     });
   }
 
+  /** Ends every sleep. */
   wake(): void {
     for (const done of [...this.#sleepers]) done();
+  }
+
+  /** Ends one sleep, the longest-running (no-op when nobody sleeps). */
+  wakeOne(): void {
+    const [first] = this.#sleepers;
+    first?.();
   }
 }
 

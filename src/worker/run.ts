@@ -196,7 +196,7 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
           boss, queues: () => [...serving], index: loops.length, loops: () => loops.length,
           jobsPerFetch: config.jobsPerFetch, backfillShare: config.backfillShare,
           freshPriority: freshBand, pollIntervalMs: config.pollIntervalSeconds * 1000, stopping: halt.signal, cancel: abort.signal,
-          sleep: (ms, signal) => wakeup.sleep(ms, signal),
+          sleep: (ms, signal) => wakeup.sleep(ms, signal), found: () => wakeup.wakeOne(),
           handle, onError: (err, what) => log.warn({ err: err.message }, what),
         }));
       }
@@ -211,8 +211,10 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
   // as the fallback. On every (re)connection it looks again, for what it may have missed meanwhile.
   const listener = listen({
     connectionString: config.databaseUrl,
-    channels: { regen_versions: lookForVersions, regen_work: () => wakeup.wake() },
-    onListening: () => { lookForVersions(); wakeup.wake(); },
+    // new jobs wake one loop, which fetches what it can take and wakes the next (not all at once:
+    // loops fetching at the same moment would split the hottest jobs between them)
+    channels: { regen_versions: lookForVersions, regen_work: () => wakeup.wakeOne() },
+    onListening: () => { lookForVersions(); wakeup.wakeOne(); },
     onError: (err, what) => log.warn({ err: err.message }, what),
   });
 
