@@ -234,8 +234,8 @@ as $$
 $$;
 comment on function regen.provider_batch_checked(uuid, text, integer, integer) is 'Worker-facing: the provider''s status and counts of a batch, as last polled';
 
--- The end of a provider batch, in the transaction that wrote its vectors back (or that found it was
--- never created): marked so, and every item it left without its vector queued again as backfill.
+-- The end of a provider batch, in the transaction that wrote its last slice back (or that found it
+-- was never created): marked so, and every item it left without its vector queued again as backfill.
 create function regen.provider_batch_done(id uuid, state text, last_error text default null)
 returns bigint
 language plpgsql volatile
@@ -270,7 +270,7 @@ begin
 end
 $$;
 comment on function regen.provider_batch_done(uuid, text, text) is
-  'Worker-facing: ends a provider batch (written: its vectors were written back in this transaction; abandoned: it was never '
+  'Worker-facing: ends a provider batch (written: its slices were written back, the last in this transaction; abandoned: it was never '
   'created at the provider) and queues again, as backfill, the items it left without their vector; returns those';
 
 -- _enqueue of sql/0018_hot_first.sql, notifying regen_work when it enqueued anything (sql/0025), and
