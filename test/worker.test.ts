@@ -212,8 +212,12 @@ describe('versions', () => {
     await db.query(`select * from regen.rebuild()`);
     worker = await inProcessWorker(env({ REGEN_VERSIONS: 'hash@1' }));
     await waitForClosedGap(db, 'policy');
-    const waiting = await db.query(`select version, state, items::int from regen.queue_depth()`);
-    expect(waiting.rows).toEqual([{ version: 'other@1', state: 'created', items: 300 }]);
+    // the gap closes as the vectors are written; the worker completes the jobs right after
+    const waiting = await waitFor('the served version\'s jobs to complete', async () => {
+      const { rows } = await db.query(`select version, state, items::int from regen.queue_depth()`);
+      return rows.every((r) => r.version !== 'hash@1') && rows;
+    }, 10_000);
+    expect(waiting).toEqual([{ version: 'other@1', state: 'created', items: 300 }]);
     await worker.stop();
     worker = await inProcessWorker(env({ REGEN_VERSIONS: 'other@1' }));
     await waitForClosedGap(db, 'manual');
