@@ -59,7 +59,11 @@ describe('a batch and its jobs', () => {
     server.setLatency(6_000);
     worker = await start({ REGEN_JOBS_PER_FETCH: '2' });
     await waitForClosedGap(db, 'notes', 30_000);
-    const { rows } = await db.query(`select state, retry_count from pgboss.job where name like 'regen\\_embed\\_v%'`);
+    // the gap closes as the vectors are written; the worker completes the jobs right after
+    const rows = await waitFor('the jobs to complete', async () => {
+      const { rows: jobs } = await db.query(`select state, retry_count from pgboss.job where name like 'regen\\_embed\\_v%'`);
+      return jobs.every((j) => j.state !== 'active') && jobs;
+    }, 10_000);
     expect(rows).toEqual([{ state: 'completed', retry_count: 0 }, { state: 'completed', retry_count: 0 }]);
     expect(server.stats.inputs).toBe(128);
     expect(lines.filter((l) => l.msg === 'batch handed back to the queue')).toEqual([]);
