@@ -1,7 +1,9 @@
 // search(): embeds a query with the model of the version it will be compared with, then asks
-// regen.search_scoped for the tenant's nearest chunks in one transaction whose tenant is set with
-// regen.set_tenant (SET LOCAL: gone at commit, so nothing follows the connection back to the pool).
-// Routing, preprocessing, filtering and ranking happen in SQL.
+// regen.search_tenant for the tenant's nearest chunks (regen.search_scoped) or rows
+// (regen.search_rows): one statement that sets the tenant for the search only, so nothing follows
+// the connection back to the pool. Two round trips to the database for a text (the version and
+// its preprocessing, then the search), one for a query already embedded. Routing, preprocessing,
+// filtering and ranking happen in SQL. The pool may be a streaming replica's: nothing here writes.
 import type OpenAI from 'openai';
 import type pg from 'pg';
 import pgvector from 'pgvector';
@@ -10,11 +12,17 @@ import { PgregenError } from './errors.ts';
 export interface SearchOptions {
   /** The tenant whose rows are searched (and the only one whose rows can come back). */
   tenant: string;
-  /** How many chunks, 1 to 1,000 (default 10). */
+  /** How many chunks (or rows, with `rows`), 1 to 1,000 (default 10). */
   k?: number;
+  /** The k nearest distinct rows, each at its best chunk (regen.search_rows), instead of the k nearest chunks. */
+  rows?: boolean;
   /** Sources to search (default: every source; their active versions must then be one). */
   sources?: string[];
-  /** A version to read instead of the active one (a shadow read during a migration). */
+  /**
+   * A version to read instead of the active one (a shadow read during a migration). With a query
+   * already embedded, name the version it was embedded for: a cutover in between would otherwise
+   * compare it with vectors of another model of the same size.
+   */
   version?: string;
   /** Only chunks at most this far from the query (in the version's distance). */
   maxDistance?: number;
@@ -30,10 +38,10 @@ export interface SearchHit {
 }
 
 export interface SearchContext {
-  /** Connections of a role granted with regen.grant_app(). */
+  /** Connections of a role granted with regen.grant_app(): the primary's, or a hot standby's (read-only). */
   pool: pg.Pool;
-  /** An OpenAI (or compatible) client for the versions' provider. */
-  openai: OpenAI;
+  /** An OpenAI (or compatible) client for the versions' provider (not needed for a query already embedded). */
+  openai?: OpenAI;
 }
 
 interface SearchInput {
@@ -51,8 +59,14 @@ export const MAX_K = 1000;
  * Refuses bad arguments before anything is sent to the database or the provider, with the codes
  * regen.search_scoped uses for them: RG040 no tenant, RG041 an invalid search argument.
  */
-export function checkSearchArguments(text: unknown, options: SearchOptions): void {
-  if (typeof text !== 'string' || text.trim() === '') throw new PgregenError('the query text is empty', 'pass the text to search for', 'RG041');
+export function checkSearchArguments(query: unknown, options: SearchOptions): void {
+  if (Array.isArray(query)) {
+    if (query.length === 0 || query.some((x) => typeof x !== 'number' || !Number.isFinite(x))) {
+      throw new PgregenError('the query vector must be a non-empty array of finite numbers', 'pass the text to search for, or its embedding', 'RG041');
+    }
+  } else if (typeof query !== 'string' || query.trim() === '') {
+    throw new PgregenError('the query text is empty', 'pass the text to search for', 'RG041');
+  }
   if (typeof options?.tenant !== 'string' || options.tenant === '') {
     throw new PgregenError('no tenant given', 'search(text, { tenant, ... }): every search runs inside one tenant', 'RG040');
   }
@@ -62,6 +76,9 @@ export function checkSearchArguments(text: unknown, options: SearchOptions): voi
   }
   if (options.maxDistance !== undefined && options.maxDistance !== null && !(typeof options.maxDistance === 'number' && !Number.isNaN(options.maxDistance))) {
     throw new PgregenError(`max_distance must be a number, not ${String(options.maxDistance)}`, undefined, 'RG041');
+  }
+  if (options.rows !== undefined && options.rows !== null && typeof options.rows !== 'boolean') {
+    throw new PgregenError(`rows must be true or false, not ${String(options.rows)}`, undefined, 'RG041');
   }
   if (options.sources !== undefined && options.sources !== null &&
       (!Array.isArray(options.sources) || options.sources.some((s) => typeof s !== 'string' || s === ''))) {
@@ -100,22 +117,36 @@ export function embeddingError(openai: OpenAI, model: string, err: unknown): Pgr
 }
 
 /**
- * The tenant's nearest chunks to `text`. Every refusal is a PgregenError with the RGnnn code of its
- * reason (bad arguments are refused before any call; SQL's refusals keep their code, detail and hint);
- * a provider that cannot be reached or refuses is a PgregenError naming the endpoint.
+ * The tenant's nearest chunks (or, with `rows`, distinct rows) to `query`: a text, which is embedded
+ * first, or its embedding. Every refusal is a PgregenError with the RGnnn code of its reason (bad
+ * arguments are refused before any call; SQL's refusals keep their code, detail and hint); a provider
+ * that cannot be reached or refuses is a PgregenError naming the endpoint.
  */
-export async function search(context: SearchContext, text: string, options: SearchOptions): Promise<SearchHit[]> {
-  checkSearchArguments(text, options);
+export async function search(context: SearchContext, query: string | number[], options: SearchOptions): Promise<SearchHit[]> {
+  checkSearchArguments(query, options);
   try {
-    return await searchChecked(context, text, options);
+    if (Array.isArray(query)) return await searchVector(context.pool, query, options.version ?? null, options);
+    return await searchText(context, query, options);
   } catch (err) {
     throw PgregenError.fromSql(err);
   }
 }
 
-async function searchChecked(context: SearchContext, text: string, options: SearchOptions): Promise<SearchHit[]> {
+/** One statement: regen.search_tenant sets the tenant and searches (the version: the one named, else the active one). */
+async function searchVector(pool: pg.Pool, embedding: number[], version: string | null, options: SearchOptions): Promise<SearchHit[]> {
+  // The query is not cast by name (`::vector` would need pgvector's schema on the role's
+  // search_path): the parameter takes search_tenant's argument type.
+  const { rows } = await pool.query<{ source: string; row_id: string; chunk_no: number; distance: number; version_searched: string }>(
+    'select * from regen.search_tenant($1::text, $2, $3::integer, $4::text[], $5::text, $6::float8, $7::boolean)',
+    [options.tenant, pgvector.toSql(embedding), options.k ?? 10, options.sources ?? null, version,
+      options.maxDistance ?? null, options.rows ?? false]);
+  return rows.map((r) => ({ source: r.source, rowId: r.row_id, chunkNo: r.chunk_no, distance: r.distance, version: r.version_searched }));
+}
+
+async function searchText(context: SearchContext, text: string, options: SearchOptions): Promise<SearchHit[]> {
   const { pool, openai } = context;
   const sources = options.sources ?? null;
+  if (!openai) throw new PgregenError('no OpenAI client to embed the query with', 'pass { pool, openai } to search(), or the query\'s embedding', 'RG041');
 
   // Which version the search will read, and the query as that version preprocesses text.
   const { rows: [target] } = await pool.query<SearchInput>(
@@ -136,22 +167,7 @@ async function searchChecked(context: SearchContext, text: string, options: Sear
   const embedding = response.data[0]?.embedding as number[] | undefined;
   if (!embedding) throw new PgregenError(`the provider returned no embedding for the query (model ${target.model})`);
 
-  const client = await pool.connect();
-  try {
-    await client.query('begin');
-    await client.query('select regen.set_tenant($1)', [options.tenant]);
-    // The version is named, so a cutover between the two statements cannot pair the query with
-    // vectors of another model. The query is not cast by name (`::vector` would need pgvector's
-    // schema on the role's search_path): the parameter takes search_scoped's argument type.
-    const { rows } = await client.query<{ source: string; row_id: string; chunk_no: number; distance: number }>(
-      'select * from regen.search_scoped($1, $2::integer, $3::text[], $4::text, $5::float8)',
-      [pgvector.toSql(embedding), options.k ?? 10, sources, target.version, options.maxDistance ?? null]);
-    await client.query('commit');
-    return rows.map((r) => ({ source: r.source, rowId: r.row_id, chunkNo: r.chunk_no, distance: r.distance, version: target.version }));
-  } catch (err) {
-    await client.query('rollback').catch(() => {});
-    throw err;
-  } finally {
-    client.release();
-  }
+  // The version is named, so a cutover between the two statements cannot pair the query with
+  // vectors of another model.
+  return searchVector(pool, embedding, target.version, options);
 }

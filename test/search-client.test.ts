@@ -1,6 +1,7 @@
 // The TypeScript search() helper, end to end: the worker embeds the documents through the local
 // OpenAI-compatible server, and search() embeds the query through the same server with the
-// version's model, sets the tenant for one transaction only, and gets the tenant's nearest chunks.
+// version's model, sets the tenant for one statement only, and gets the tenant's nearest chunks or
+// rows, in two round trips to the database for a text and one for a query already embedded.
 import { randomBytes } from 'node:crypto';
 import OpenAI from 'openai';
 import pg from 'pg';
@@ -95,5 +96,54 @@ describe('search()', () => {
     await expect(search({ pool: app, openai }, TEXTS[0]!, { tenant: 'acme', k: 0 })).rejects.toMatchObject({ code: 'RG041' });
     await expect(search({ pool: app, openai }, TEXTS[0]!, { tenant: '' })).rejects.toThrow(/no tenant given/);
     await expect(search({ pool: app, openai }, ' ', { tenant: 'acme' })).rejects.toThrow(/query text is empty/);
+  });
+
+  /** The pool, counting what reaches the database through it (queries, and connections checked out). */
+  function counting(pool: pg.Pool) {
+    const counts = { queries: 0, connects: 0 };
+    const proxy = new Proxy(pool, {
+      get(target, name, receiver) {
+        if (name === 'query') return (...args: unknown[]) => { counts.queries++; return (target.query as (...a: unknown[]) => unknown)(...args); };
+        if (name === 'connect') return (...args: unknown[]) => { counts.connects++; return (target.connect as (...a: unknown[]) => unknown)(...args); };
+        return Reflect.get(target, name, receiver);
+      },
+    });
+    return { pool: proxy, counts };
+  }
+
+  it('takes two round trips for a text and one for a query already embedded, with the same answer', async () => {
+    const text = counting(app);
+    const byText = await search({ pool: text.pool, openai }, TEXTS[3]!, { tenant: 'globex', k: 4 });
+    expect(text.counts).toEqual({ queries: 2, connects: 0 });
+    const [embedded] = (await openai.embeddings.create({ model: 'local-hash', input: TEXTS[3]!.toLowerCase(), dimensions: 32 })).data;
+    const vector = counting(app);
+    const byVector = await search({ pool: vector.pool }, embedded!.embedding as number[], { tenant: 'globex', k: 4 });
+    expect(vector.counts).toEqual({ queries: 1, connects: 0 });
+    expect(byVector).toEqual(byText);
+    expect(byText[0]).toMatchObject({ distance: expect.closeTo(0, 5), version: 'search@1' });
+    await expect(search({ pool: app }, [1, Number.NaN], { tenant: 'acme' })).rejects.toMatchObject({ code: 'RG041' });
+    await expect(search({ pool: app }, [1, 2, 3], { tenant: 'acme' })).rejects.toMatchObject({ code: 'RG041' });   // 3 dimensions, not 32
+    await expect(search({ pool: app }, TEXTS[0]!, { tenant: 'acme' })).rejects.toThrow(/no OpenAI client/);
+  });
+
+  it('with rows, returns each row once at its best chunk (regen.search_rows)', async () => {
+    // a source of two-chunk rows: both chunks of a row are near the query, so chunks would repeat rows
+    await db.query(`create table guides (id int primary key, tenant text not null, body text not null)`);
+    await db.query(`insert into guides select i, 'acme', repeat($1::text || ' ', 40) from generate_series(1, 6) i`, [TEXTS[4]]);
+    await db.query(`select regen.create_version('guides@1', 'local-hash', 32,
+                      settings => '{"send_dimensions": true, "distance": "cosine", "chunk_chars": 100, "chunk_overlap": 0}')`);
+    await db.query(`select regen.register_source('guides', 'guides', 'id', 'body', tenant_column => 'tenant', version => 'guides@1')`);
+    await db.query('select regen.rebuild()');
+    await waitForClosedGap(db, 'guides');
+    const chunks = await search({ pool: app, openai }, TEXTS[4]!, { tenant: 'acme', k: 12, sources: ['guides'] });
+    expect(new Set(chunks.map((h) => h.rowId)).size).toBeLessThan(chunks.length);
+    const rows = await search({ pool: app, openai }, TEXTS[4]!, { tenant: 'acme', k: 12, sources: ['guides'], rows: true });
+    expect(rows.map((h) => h.rowId).sort()).toEqual(['1', '2', '3', '4', '5', '6']);
+    const best = new Map<string, number>();
+    for (const c of await search({ pool: app, openai }, TEXTS[4]!, { tenant: 'acme', k: 1000, sources: ['guides'] })) {
+      if (!best.has(c.rowId)) best.set(c.rowId, c.distance);
+    }
+    for (const r of rows) expect(r.distance, r.rowId).toBe(best.get(r.rowId));
+    await expect(search({ pool: app, openai }, TEXTS[0]!, { tenant: 'acme', rows: 'yes' as unknown as boolean })).rejects.toMatchObject({ code: 'RG041' });
   });
 });

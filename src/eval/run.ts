@@ -1,6 +1,6 @@
 // Evaluation runs and shadow comparisons. The client's part is small: embed each query with the
 // model of the version it will be compared with (regen.search_input, as search() does), search
-// with regen.search_scoped inside one tenant, collapse the chunks to rows, and hand the ranked row
+// with regen.search_rows inside one tenant (each row once, at its best chunk), and hand the ranked row
 // ids to SQL, which scores, compares and stores the run (sql/0010_evaluation.sql).
 import type OpenAI from 'openai';
 import type pg from 'pg';
@@ -71,8 +71,8 @@ export interface ShadowRun {
 
 /** Queries sent to the provider per request. */
 const EMBED_BATCH = 256;
-/** regen.search_scoped returns at most this many chunks. */
-const MAX_CHUNKS = 1000;
+/** regen.search_rows returns at most this many rows. */
+const MAX_K = 1000;
 
 export async function evaluate(context: EvalContext, options: EvaluateOptions): Promise<EvalRun> {
   const k = checkArguments(options.tenant, options.k, options.querySet.queries.length);
@@ -119,8 +119,8 @@ function checkArguments(tenant: string, k: number | undefined, queries: number):
     throw new PgregenError('no tenant given', 'runs search inside one tenant: pass the tenant whose rows the queries are judged on');
   }
   const depth = k ?? 10;
-  if (!Number.isInteger(depth) || depth < 1 || depth > MAX_CHUNKS) {
-    throw new PgregenError(`k must be an integer between 1 and ${MAX_CHUNKS}, not ${String(k)}`);
+  if (!Number.isInteger(depth) || depth < 1 || depth > MAX_K) {
+    throw new PgregenError(`k must be an integer between 1 and ${MAX_K}, not ${String(k)}`);
   }
   if (queries === 0) throw new PgregenError('no queries to run', 'pass at least one query');
   return depth;
@@ -161,9 +161,8 @@ async function embedQueries(context: EvalContext, texts: string[], sources: stri
 }
 
 /**
- * Each query's rows, nearest first: search_scoped ranks chunks, so a row can come back several
- * times; it counts once, at its best chunk. Asks for more chunks until k distinct rows are found
- * or the scope has no more. All searches run in one transaction with the tenant set.
+ * Each query's rows, nearest first (regen.search_rows: each row once, at its best chunk). All
+ * searches run in one transaction with the tenant set.
  */
 async function rankAll(pool: pg.Pool, tenant: string, vectors: number[][], k: number, sources: string[], version: string): Promise<string[][]> {
   const qualify = sources.length > 1;   // row ids of two sources may collide: "source:row_id"
@@ -173,17 +172,10 @@ async function rankAll(pool: pg.Pool, tenant: string, vectors: number[][], k: nu
     await client.query('select regen.set_tenant($1)', [tenant]);
     const ranked: string[][] = [];
     for (const vector of vectors) {
-      const query = pgvector.toSql(vector);
-      for (let chunks = k; ; chunks = Math.min(MAX_CHUNKS, chunks * 2)) {
-        const { rows } = await client.query<{ source: string; row_id: string }>(
-          'select source, row_id from regen.search_scoped($1, $2::integer, $3::text[], $4::text)',
-          [query, chunks, sources, version]);
-        const rowIds = [...new Set(rows.map((r) => (qualify ? `${r.source}:${r.row_id}` : r.row_id)))];
-        if (rowIds.length >= k || rows.length < chunks || chunks === MAX_CHUNKS) {
-          ranked.push(rowIds.slice(0, k));
-          break;
-        }
-      }
+      const { rows } = await client.query<{ source: string; row_id: string }>(
+        'select source, row_id from regen.search_rows($1, $2::integer, $3::text[], $4::text)',
+        [pgvector.toSql(vector), k, sources, version]);
+      ranked.push(rows.map((r) => (qualify ? `${r.source}:${r.row_id}` : r.row_id)));
     }
     await client.query('commit');
     return ranked;
