@@ -310,3 +310,39 @@ end
 $$;
 
 select regen._refresh_grants();
+
+-- As in sql/0015_managed_postgres.sql, with regen._search (search_scoped's body, which names
+-- pgvector's objects) in place of regen.search_scoped (now a SQL wrapper the planner inlines).
+create or replace function regen._pin_search_paths()
+returns setof regprocedure
+language plpgsql volatile
+as $$
+declare
+  v_schema name := regen._vector_schema();
+  v_path text;
+  v_fn regprocedure;
+begin
+  if v_schema is null then
+    raise exception 'extension vector is not created in this database'
+      using errcode = 'RG070', hint = 'a superuser must run: create extension vector; then run pgregen install again';
+  end if;
+  v_path := case when v_schema = 'regen' then 'pg_catalog, regen, pg_temp'
+                 else format('pg_catalog, regen, %s, pg_temp', quote_ident(v_schema)) end;
+  for v_fn in
+    select p.oid::regprocedure from pg_proc p
+    where p.pronamespace = 'regen'::regnamespace
+      and p.proname in ('create_version', '_search', 'write_embeddings')
+      and not coalesce(('search_path=' || v_path) = any(p.proconfig), false)
+    order by p.oid
+  loop
+    execute format('alter function %s set search_path = %s', v_fn, v_path);
+    return next v_fn;
+  end loop;
+end
+$$;
+comment on function regen._pin_search_paths() is
+  'Gives the functions that name pgvector''s objects the search_path pg_catalog, regen, <pgvector''s schema>, pg_temp; '
+  'returns the functions changed. The installer calls it after every run (also after alter extension vector set schema).';
+
+revoke execute on all functions in schema regen from public;
+select regen._pin_search_paths();
