@@ -13,12 +13,14 @@ export interface GapRow {
   stale: number;
   outdated: number;
   failed: number;
+  /** Vectors adopted without verification (regen.finish_adoption with force): searchable, re-embedded by the next rebuild. */
+  adopted: number;
   queued: number;
   coverage: number;
   cutover_ready?: boolean;
 }
 
-const COUNTS = ['expected', 'current', 'missing', 'stale', 'outdated', 'failed', 'queued'] as const;
+const COUNTS = ['expected', 'current', 'missing', 'stale', 'outdated', 'failed', 'adopted', 'queued'] as const;
 
 export async function readGap(db: Db, options: { byTenant?: boolean; source?: string } = {}): Promise<GapRow[]> {
   const view = options.byTenant ? 'regen.embedding_gap_by_tenant' : 'regen.embedding_gap';

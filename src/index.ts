@@ -14,6 +14,7 @@ export { readStatus, type Status } from './status.ts';
 export {
   enqueueFresh, prepareInputs, reconcile, recover, writeEmbeddings, type Input, type ReconcileRow, type Recovered, type RefusalKind, type VectorItem, type WriteResult,
 } from './store.ts';
+export { adopt, type Adoption, type AdoptOptions } from './adopt.ts';
 export { search, type SearchContext, type SearchHit, type SearchOptions } from './search.ts';
 export { tenantIndexes, type TenantIndexOptions, type TenantIndexStep } from './tenant-indexes.ts';
 export { cutover, retire, rollback, startMigration, type FlipOptions, type RetireResult, type StartResult } from './migrate.ts';

@@ -28,7 +28,7 @@ const execFileAsync = promisify(execFile);
 const MIGRATIONS = readdirSync(fileURLToPath(new URL('../sql/', import.meta.url))).filter((f) => /^\d{4}_\w+\.sql$/.test(f)).length;
 const DEFAULT_PATH = '"$user", public';
 // The functions that name pgvector's objects, each with the search_path regen._pin_search_paths() gives it.
-const PINNED = ['_search', 'create_version', 'write_embeddings'];
+const PINNED = ['_adoption_rows', '_search', 'create_version', 'finish_adoption', 'write_embeddings'];
 
 const admin = adminPool();   // the superuser: the managed service's administrator
 const pools: pg.Pool[] = [];

@@ -17,6 +17,7 @@ import { demoCommand } from './demo.ts';
 import { evalCommand, shadowCommand } from './eval.ts';
 import { tenantIndexesCommand } from './tenant-indexes.ts';
 import { reconcileCommand } from './reconcile.ts';
+import { adoptCommand } from './adopt.ts';
 
 export const EXIT = { ok: 0, failure: 1, usage: 2 } as const;
 
@@ -49,6 +50,7 @@ export function program(): Command {
   cli.addCommand(shadowCommand());
   cli.addCommand(tenantIndexesCommand());
   cli.addCommand(reconcileCommand());
+  cli.addCommand(adoptCommand());
   cli.addCommand(demoCommand());
   // -V/--version is read by main() before parsing, not declared: declared on the program, commander
   // would take it anywhere on the line, also from subcommands whose --version <tag> names a version.
