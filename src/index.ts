@@ -23,6 +23,6 @@ export {
 } from './eval/run.ts';
 export { parseQuerySet, readQuerySet, writeQuerySet, type LabelledQuery, type QuerySet } from './eval/query-set.ts';
 export { cranfieldQuerySet, loadCranfield, registerCranfieldSource, type CranfieldLoad, type CranfieldOptions } from './eval/cranfield.ts';
-export { startLocalPostgres, type LocalPostgres } from './local-postgres.ts';
+export { startLocalPostgres, startLocalStandby, type LocalPostgres } from './local-postgres.ts';
 export { PgregenError } from './errors.ts';
 export type { Db } from './db.ts';

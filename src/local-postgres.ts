@@ -23,7 +23,6 @@ export type LocalPostgresOptions = { port?: number; log?: (line: string) => void
 type RunAs = { uid: number; gid: number } | undefined;
 
 export async function startLocalPostgres(options: LocalPostgresOptions = {}): Promise<LocalPostgres> {
-  const log = options.log ?? (() => {});
   const bin = await findServerBinDir();
   const pgConfig = join(bin, 'pg_config');
   const major = (await run(pgConfig, ['--version'])).stdout.match(/\d+/)?.[0] ?? '?';
@@ -34,7 +33,29 @@ export async function startLocalPostgres(options: LocalPostgresOptions = {}): Pr
         `run ./run setup as root, or install postgresql-${major}-pgvector, or set TEST_DATABASE_URL/DATABASE_URL`,
     );
   }
+  return serve(bin, options, async (data, dir, runAs, log) => {
+    log(`initdb PostgreSQL ${major} in ${data}`);
+    await runCommand(join(bin, 'initdb'), ['-D', data, '-U', 'postgres', '-A', 'trust', '--no-sync', '-E', 'UTF8', '--locale=C'], dir, runAs);
+  });
+}
 
+/**
+ * A streaming hot standby of a cluster that accepts replication connections from 127.0.0.1 (one of
+ * startLocalPostgres's does): its data directory copied with pg_basebackup (-R: it follows the
+ * primary), then started read-only on a port of its own. Stopping it leaves the primary running.
+ */
+export async function startLocalStandby(primaryUrl: string, options: LocalPostgresOptions = {}): Promise<LocalPostgres> {
+  const bin = await findServerBinDir();
+  return serve(bin, options, async (data, dir, runAs, log) => {
+    log(`pg_basebackup of ${primaryUrl} into ${data}`);
+    await runCommand(join(bin, 'pg_basebackup'), ['-D', data, '-d', primaryUrl, '-R', '-X', 'stream', '--no-sync', '-c', 'fast'], dir, runAs);
+  }, ['hot_standby=on']);
+}
+
+/** Makes a data directory in a fresh temp directory (`create`), starts postgres on it, and stops and removes it all on stop(). */
+async function serve(bin: string, options: LocalPostgresOptions,
+  create: (data: string, dir: string, runAs: RunAs, log: (line: string) => void) => Promise<void>, settings: string[] = []): Promise<LocalPostgres> {
+  const log = options.log ?? (() => {});
   const runAs = await unprivilegedUser();
   // realpath: postgres reports data_directory as given, and tmpdir() may be a symlink (macOS).
   const dir = await realpath(await mkdtemp(join(tmpdir(), 'pgregen-pg-')));
@@ -52,12 +73,12 @@ export async function startLocalPostgres(options: LocalPostgresOptions = {}): Pr
 
   try {
     if (runAs) await chown(dir, runAs.uid, runAs.gid);
-    log(`initdb PostgreSQL ${major} in ${data}`);
-    await runCommand(join(bin, 'initdb'), ['-D', data, '-U', 'postgres', '-A', 'trust', '--no-sync', '-E', 'UTF8', '--locale=C'], dir, runAs);
+    await create(data, dir, runAs, log);
 
     const port = options.port ?? (await freePort());
     const args = ['-D', data, '-p', String(port), '-k', dir, '-c', 'listen_addresses=127.0.0.1']
-      .concat(['fsync=off', 'synchronous_commit=off', 'full_page_writes=off', 'max_connections=200', 'shared_buffers=256MB'].flatMap((s) => ['-c', s]));
+      .concat(['fsync=off', 'synchronous_commit=off', 'full_page_writes=off', 'max_connections=200', 'shared_buffers=256MB', ...settings]
+        .flatMap((s) => ['-c', s]));
     const url = `postgres://postgres@127.0.0.1:${port}/postgres`;
     const launch = async () => {
       const logFile = await open(logPath, 'a');

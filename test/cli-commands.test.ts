@@ -107,7 +107,8 @@ describe('pgregen source', () => {
 describe('pgregen gap and rebuild --dry-run', () => {
   it('gap --json has the numbers of regen.embedding_gap', async () => {
     const { rows } = await db.query(`select source, version, role, expected::int, current::int, missing::int, stale::int, outdated::int,
-                                            failed::int, queued::int, coverage::float8, cutover_ready, store_verified from regen.embedding_gap`);
+                                            failed::int, queued::int, coverage::float8, cutover_ready, store_verified, adopted::int
+                                       from regen.embedding_gap`);
     expect(rows).toEqual([expect.objectContaining({ source: 'notes', expected: 12, missing: 12 })]);
     expect(json(await pgregen(['gap', '--json']))).toEqual(rows);
     expect(json(await pgregen(['gap', '--json', '--by-tenant'])).map((r: { tenant: string; missing: number }) => [r.tenant, r.missing]))

@@ -235,6 +235,7 @@ describe('pgvector in schema extensions, installed and run by a database owner t
       { fn: 'regen._vector_schema()', names: 'vector' },
       { fn: 'regen._version_settings(jsonb,integer,text)', names: 'halfvec, inner_product' },   // a message; a setting's value
       { fn: 'regen.cutover(text,text,double precision,boolean,text)', names: 'vector' },        // in a message
+      { fn: 'regen.start_adoption(text,text,name,regclass,name,name,double precision,integer,double precision)', names: 'vector' },   // in messages
     ]);
   });
 
