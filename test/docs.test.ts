@@ -92,6 +92,10 @@ describe('the README\'s SQL, as written', () => {
         expect(perRow.rows[0]).toMatchObject({ id: '4', distance: 0 });
         expect(perRow.rows.map((r) => r.distance)).toEqual([...perRow.rows.map((r) => r.distance)].sort((a, b) => a - b));
         await client.query('rollback');
+        // one statement, no transaction: the same rows, the tenant named in the call
+        const oneStatement = await client.query<{ id: string; distance: number }>(readmeSql('join-one-statement').replace("'acme'", "'tenant_0'"),
+          [probe!.embedding]);
+        expect(oneStatement.rows).toEqual(perRow.rows);
       } finally {
         client.release();
       }
