@@ -313,8 +313,8 @@ select regen._refresh_grants();
 
 -- As in sql/0015_managed_postgres.sql, with regen._search (search_scoped's body, which names
 -- pgvector's objects) in place of regen.search_scoped (now a SQL wrapper the planner inlines), and
--- the adoption functions of sql/0029_adopt.sql that name them (the installer runs this after
--- every migration).
+-- the functions of sql/0029_adopt.sql and sql/0030_mirror.sql that name them (the installer runs
+-- this after every migration).
 create or replace function regen._pin_search_paths()
 returns setof regprocedure
 language plpgsql volatile
@@ -333,7 +333,7 @@ begin
   for v_fn in
     select p.oid::regprocedure from pg_proc p
     where p.pronamespace = 'regen'::regnamespace
-      and p.proname in ('create_version', '_search', 'write_embeddings', '_adoption_rows', 'finish_adoption')
+      and p.proname in ('create_version', '_search', 'write_embeddings', '_adoption_rows', 'finish_adoption', 'sync_mirrors')
       and not coalesce(('search_path=' || v_path) = any(p.proconfig), false)
     order by p.oid
   loop

@@ -6,13 +6,13 @@ export {
   type BuildIndexOptions, type CreatedVersion, type DeferOptions, type IndexProgress, type IndexState, type IndexStep, type VersionRow,
 } from './versions.ts';
 export {
-  listSources, registerSource, unregisterSource, type RegisteredSource, type SourceDefinition, type SourceRow,
+  listSources, registerSource, setMirror, unregisterSource, type RegisteredSource, type SourceDefinition, type SourceRow,
 } from './sources.ts';
 export { readGap, versionCoverage, type GapRow } from './gap.ts';
 export { rebuild, scopeStatus, trackProgress, type Outcome, type Progress, type RebuildOptions, type RebuildRow, type Scope, type ScopeStatus } from './rebuild.ts';
 export { readStatus, type Status } from './status.ts';
 export {
-  enqueueFresh, prepareInputs, reconcile, recover, writeEmbeddings, type Input, type ReconcileRow, type Recovered, type RefusalKind, type VectorItem, type WriteResult,
+  enqueueFresh, prepareInputs, reconcile, recover, syncMirrors, writeEmbeddings, type Input, type ReconcileRow, type Recovered, type RefusalKind, type VectorItem, type WriteResult,
 } from './store.ts';
 export { adopt, type Adoption, type AdoptOptions } from './adopt.ts';
 export { search, type SearchContext, type SearchHit, type SearchOptions } from './search.ts';

@@ -64,3 +64,13 @@ export async function unregisterSource(db: Db, name: string): Promise<{ name: st
   await db.query('select regen.unregister_source($1::text)', [name]);   // RG010 for an unknown name, with its hint
   return { name, table: row?.relation ?? '' };
 }
+
+/**
+ * Mirrors a source's active version's vectors into a vector column of its table (regen.set_mirror),
+ * or stops (column null). The worker writes the mirror (regen.sync_mirrors), never the application's
+ * write path. Returns the column mirrored into, or null.
+ */
+export async function setMirror(db: Db, source: string, column: string | null): Promise<string | null> {
+  const { rows } = await db.query<{ column: string | null }>('select regen.set_mirror($1::text, $2::name) as column', [source, column]);
+  return rows[0]?.column ?? null;
+}

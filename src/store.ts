@@ -140,6 +140,12 @@ export async function enqueueFresh(db: Db): Promise<number> {
   return Number(rows[0]?.n ?? 0);
 }
 
+/** Writes due mirror columns (regen.sync_mirrors), rows the application holds locked left for later; returns the rows written. */
+export async function syncMirrors(db: Db): Promise<number> {
+  const { rows } = await db.query<{ n: string }>('select regen.sync_mirrors() as n');
+  return Number(rows[0]?.n ?? 0);
+}
+
 export interface Recovered { source: string | null; version: string | null; items: number; reconciled: boolean }
 
 /**

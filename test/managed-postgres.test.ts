@@ -28,7 +28,7 @@ const execFileAsync = promisify(execFile);
 const MIGRATIONS = readdirSync(fileURLToPath(new URL('../sql/', import.meta.url))).filter((f) => /^\d{4}_\w+\.sql$/.test(f)).length;
 const DEFAULT_PATH = '"$user", public';
 // The functions that name pgvector's objects, each with the search_path regen._pin_search_paths() gives it.
-const PINNED = ['_adoption_rows', '_search', 'create_version', 'finish_adoption', 'write_embeddings'];
+const PINNED = ['_adoption_rows', '_search', 'create_version', 'finish_adoption', 'sync_mirrors', 'write_embeddings'];
 
 const admin = adminPool();   // the superuser: the managed service's administrator
 const pools: pg.Pool[] = [];
@@ -235,6 +235,7 @@ describe('pgvector in schema extensions, installed and run by a database owner t
       { fn: 'regen._vector_schema()', names: 'vector' },
       { fn: 'regen._version_settings(jsonb,integer,text)', names: 'halfvec, inner_product' },   // a message; a setting's value
       { fn: 'regen.cutover(text,text,double precision,boolean,text)', names: 'vector' },        // in a message
+      { fn: 'regen.set_mirror(text,name)', names: 'vector' },   // a type name looked up in pg_type; messages
       { fn: 'regen.start_adoption(text,text,name,regclass,name,name,double precision,integer,double precision)', names: 'vector' },   // in messages
     ]);
   });

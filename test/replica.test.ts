@@ -69,13 +69,13 @@ describe('search on a streaming hot standby', () => {
 
   /** Waits until the standby has replayed everything the primary has written so far. */
   async function caughtUp(): Promise<void> {
-    const { rows: [{ lsn }] } = await owner.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn');
+    const lsn = (await owner.query<{ lsn: string }>('select pg_current_wal_insert_lsn()::text as lsn')).rows[0]!.lsn;
     const standbyOwner = new pg.Client({ connectionString: standby.url });
     await standbyOwner.connect();
     try {
       for (const deadline = Date.now() + 30_000; Date.now() < deadline;) {
-        const { rows: [{ behind }] } = await standbyOwner.query<{ behind: boolean }>(
-          'select pg_last_wal_replay_lsn() < $1::pg_lsn as behind', [lsn]);
+        const behind = (await standbyOwner.query<{ behind: boolean }>(
+          'select pg_last_wal_replay_lsn() < $1::pg_lsn as behind', [lsn])).rows[0]!.behind;
         if (!behind) return;
         await new Promise((resolve) => setTimeout(resolve, 50));
       }

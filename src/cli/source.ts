@@ -1,9 +1,10 @@
-// `pgregen source register|list|unregister`: the content types that carry embeddings.
+// `pgregen source register|list|unregister|mirror`: the content types that carry embeddings.
 import { Command, InvalidArgumentError } from 'commander';
 import Table from 'cli-table3';
 import { withInstalled } from '../connect.ts';
 import { toJson } from '../json.ts';
-import { listSources, registerSource, unregisterSource, type SourceRow } from '../sources.ts';
+import { PgregenError } from '../errors.ts';
+import { listSources, registerSource, setMirror, unregisterSource, type SourceRow } from '../sources.ts';
 import { databaseUrl } from './options.ts';
 
 export function formatSources(rows: SourceRow[]): string {
@@ -69,6 +70,25 @@ export function sourceCommand(): Command {
       const result = await withInstalled(databaseUrl(command), 'pgregen source', (db) => unregisterSource(db, name));
       if (opts.json) console.log(toJson(result));
       else console.log(`unregistered source ${name}: its triggers on ${result.table} and its vectors are gone; the table and its rows stay`);
+    });
+
+  source.command('mirror')
+    .description('keep a vector column of the source\'s table equal to its active version\'s vectors (regen.set_mirror); the worker writes it')
+    .argument('<name>', 'the source')
+    .argument('[column]', 'the vector column to mirror into')
+    .option('--off', 'stop mirroring (the column keeps what it holds)')
+    .option('--json', 'print the result as JSON')
+    .addHelpText('after', `
+Every vector written back, and every row at a cutover or rollback, becomes an UPDATE of your table
+(a new row version; your other triggers on it fire), made by the worker in short transactions that
+skip rows your application holds locked. Rows whose text is several chunks get NULL. Off by default.`)
+    .action(async (name: string, column: string | undefined, opts: { off?: boolean; json?: boolean }, command: Command) => {
+      if (!opts.off && !column) throw new PgregenError('name the column to mirror into, or pass --off', 'pgregen source mirror kb_article embedding');
+      if (opts.off && column) throw new PgregenError('--off takes no column', 'pgregen source mirror kb_article --off');
+      const result = await withInstalled(databaseUrl(command), 'pgregen source', (db) => setMirror(db, name, opts.off ? null : column!));
+      if (opts.json) console.log(toJson({ source: name, column: result }));
+      else console.log(result ? `source ${name} mirrors its active version's vectors into column ${result}: the worker writes them`
+        : `source ${name} no longer mirrors its vectors`);
     });
 
   return source;

@@ -7,7 +7,7 @@ import { PgBoss } from 'pg-boss';
 import pino from 'pino';
 import { connect, requireSchema } from '../connect.ts';
 import { PgregenError } from '../errors.ts';
-import { compactGap, enqueueFresh, freshPriority, recover, versionInfo, versionQueues, type VersionInfo } from '../store.ts';
+import { compactGap, enqueueFresh, freshPriority, recover, syncMirrors, versionInfo, versionQueues, type VersionInfo } from '../store.ts';
 import { Adaptive } from './adaptive.ts';
 import { processBatch } from './batch.ts';
 import type { WorkerConfig } from './config.ts';
@@ -225,12 +225,15 @@ export async function startWorker(config: WorkerConfig, log = pino({ level: conf
   await recoverLost();
   pollBatches();   // provider batches a stopped worker left in flight
 
-  // Fresh edits: the capture triggers only mark them; they reach the queue here, set-based.
+  // Fresh edits: the capture triggers only mark them; they reach the queue here, set-based; then
+  // the mirror columns due.
   let enqueuing = false;
   const freshEdits = setInterval(() => {
     if (enqueuing || stopping) return;
     enqueuing = true;
     enqueueFresh(pool).catch((err: Error) => log.warn({ err: err.message }, 'enqueueing fresh edits failed'))
+      // and the mirror columns (regen.set_mirror) of what was written since, in a transaction of their own
+      .then(() => syncMirrors(pool)).catch((err: Error) => log.warn({ err: err.message }, 'writing mirror columns failed'))
       .finally(() => { enqueuing = false; });
   }, config.enqueueIntervalMs);
   freshEdits.unref();

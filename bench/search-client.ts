@@ -1,0 +1,187 @@
+// P. search() in one round trip (issue 15, item 4): the TypeScript search() with a query already
+// embedded (one statement, regen.search_tenant: the tenant set for that statement, then
+// regen.search_scoped or regen.search_rows), against the naive single statement an application
+// would otherwise run on a table of its own (`where tenant = $1 order by embedding <=> $2 limit 10`,
+// a b-tree on tenant), on the same vectors, interleaved in one run, per tenant size. Both answers
+// are exact at these sizes; the benchmark checks that they name the same rows.
+//
+//   npm run bench -- --only search-client [--quick]
+import pg from 'pg';
+import pgvector from 'pgvector';
+import { search } from '../src/search.ts';
+import {
+  check, fmtInt, fmtMs, openServer, percentile, renderTargets, seededVector, serverInfo,
+  type BenchOptions, type BenchReport, type Table,
+} from './support.ts';
+
+const SIZES = {
+  // tenants of each size; the 10,000-vector tenant is above the target's range, reported for scale
+  full: { dimensions: 1536, tenantsPerSize: 10, sizes: [1, 10, 100, 1_000, 10_000], queries: 300, warmup: 30 },
+  quick: { dimensions: 64, tenantsPerSize: 3, sizes: [1, 10, 100, 1_000], queries: 40, warmup: 5 },
+};
+const K = 10;
+const TAG = 'bench@1';
+const RATIO_TARGET = 1.2;
+
+export async function run(options: BenchOptions): Promise<BenchReport> {
+  const size = options.quick ? SIZES.quick : SIZES.full;
+  const log = (line: string) => process.stderr.write(`search-client: ${line}\n`);
+  const server = await openServer(log);
+  try {
+    const scratch = await server.createDatabase();
+    try {
+      return await measure(scratch.url, size, server.origin, log);
+    } finally {
+      await scratch.drop();
+    }
+  } finally {
+    await server.stop();
+  }
+}
+
+type Size = (typeof SIZES)['full'] | (typeof SIZES)['quick'];
+type Method = 'naive' | 'search()' | 'search(), rows';
+
+async function measure(url: string, size: Size, origin: string, log: (line: string) => void): Promise<BenchReport> {
+  const owner = new pg.Client({ connectionString: url, application_name: 'pgregen bench search-client (owner)' });
+  await owner.connect();
+  const role = `pgregen_bench_app_${Math.random().toString(16).slice(2, 10)}`;
+  let app: pg.Pool | undefined;
+  let naive: pg.Pool | undefined;
+  try {
+    const info = await serverInfo(owner);
+    // tenants t<size>_<n>; rows numbered in tenant order; each row's vector seeded by its id
+    const tenants: Array<{ name: string; size: number; first: number }> = [];
+    let next = 1;
+    for (const n of size.sizes) {
+      const count = n >= 10_000 ? 1 : size.tenantsPerSize;
+      for (let i = 0; i < count; i++) {
+        tenants.push({ name: `t${n}_${i}`, size: n, first: next });
+        next += n;
+      }
+    }
+    const total = next - 1;
+    log(`loading ${fmtInt(total)} rows of ${size.dimensions} dimensions into the application's table`);
+    await owner.query(`create table docs (id bigint primary key, tenant text not null, body text not null, embedding vector(${size.dimensions}) not null)`);
+    for (const t of tenants) {
+      for (let at = 0; at < t.size; at += 1000) {
+        const ids = Array.from({ length: Math.min(1000, t.size - at) }, (_, i) => t.first + at + i);
+        await owner.query(`insert into docs select id, $1, 'row ' || id, v::vector from unnest($2::bigint[], $3::text[]) x(id, v)`,
+          [t.name, ids, ids.map((id) => pgvector.toSql(Array.from(seededVector(id, size.dimensions))))]);
+      }
+    }
+    await owner.query('create index on docs (tenant)');
+    await owner.query('analyze docs');
+
+    // pgregen: the same rows as a source, the same vectors in its store (loaded the fast way, as the
+    // owner: the worker would write the same rows), and the version's HNSW index built after
+    log('the same vectors in pgregen\'s store');
+    await owner.query(`select regen.create_version($1, 'bench-model', $2, settings => '{"distance": "cosine"}')`, [TAG, size.dimensions]);
+    await owner.query(`select regen.register_source('docs', 'docs', 'id', 'body', tenant_column => 'tenant', version => $1)`, [TAG]);
+    const { rows: [index] } = await owner.query<{ indexname: string; indexdef: string }>(
+      `select i.indexname, i.indexdef from pg_indexes i join regen._versions v on i.indexname = '_embeddings_hnsw_v' || v.id
+        where i.schemaname = 'regen' and v.tag = $1`, [TAG]);
+    if (index) await owner.query(`drop index regen.${index.indexname}`);
+    await owner.query(`insert into regen._embeddings (version_id, source_id, row_id, chunk_no, tenant, content_hash, text_hash, embedding)
+      select v.id, s.id, d.id::text, 1, d.tenant, sha256(convert_to(d.body, 'UTF8')), sha256(convert_to(d.body, 'UTF8')), d.embedding
+        from docs d, regen._versions v, regen._sources s where v.tag = $1 and s.name = 'docs'`, [TAG]);
+    log('building the version\'s HNSW index');
+    await owner.query(`set maintenance_work_mem = '512MB'`);
+    const { rows: [ddl] } = await owner.query<{ statement: string }>(
+      `select statement from regen.version_index_plan($1) where action = 'create'`, [TAG]);
+    if (ddl) await owner.query(ddl.statement.replace(/ concurrently/i, ''));
+    await owner.query('analyze regen._embeddings');
+    await owner.query(`create role ${role} login`);
+    await owner.query('select regen.grant_app($1)', [role]);
+    const appUrl = new URL(url);
+    appUrl.username = role;
+    app = new pg.Pool({ connectionString: appUrl.toString(), max: 1 });
+    naive = new pg.Pool({ connectionString: url, max: 1 });
+
+    const naiveSearch = async (tenant: string, query: number[]) => (await naive!.query<{ id: string }>({
+      name: 'naive', text: 'select id from docs where tenant = $1 order by embedding <=> $2 limit 10', values: [tenant, pgvector.toSql(query)],
+    })).rows.map((r) => String(r.id));
+    const ours = async (method: Method, tenant: string, query: number[]) =>
+      (await search({ pool: app! }, query, { tenant, k: K, version: TAG, rows: method === 'search(), rows' })).map((h) => h.rowId);
+
+    const methods: Method[] = ['naive', 'search()', 'search(), rows'];
+    const samples = new Map<string, number[]>();
+    let compared = 0;
+    for (const n of size.sizes) {
+      const group = tenants.filter((t) => t.size === n);
+      log(`tenants of ${fmtInt(n)} vectors: ${size.queries} queries per method`);
+      for (let q = 0; q < size.warmup + size.queries; q++) {
+        const tenant = group[q % group.length]!;
+        const query = Array.from(seededVector(1_000_000 + q * 7 + n, size.dimensions));
+        const order = q % 2 === 0 ? methods : [...methods].reverse();   // alternate who goes first
+        const answers = new Map<Method, string[]>();
+        for (const method of order) {
+          const started = performance.now();
+          answers.set(method, method === 'naive' ? await naiveSearch(tenant.name, query) : await ours(method, tenant.name, query));
+          const ms = performance.now() - started;
+          if (q >= size.warmup) {
+            const key = `${n}/${method}`;
+            samples.set(key, [...(samples.get(key) ?? []), ms]);
+          }
+        }
+        // the same rows (single-chunk rows: chunks and rows agree), exact on both sides
+        const expected = answers.get('naive')!;
+        check(expected.length === Math.min(K, n), `naive answered ${expected.length} rows for a tenant of ${n}`);
+        for (const method of methods) {
+          check(JSON.stringify(answers.get(method)) === JSON.stringify(expected),
+            `${method} and the naive query disagree for ${tenant.name}: ${answers.get(method)} vs ${expected}`);
+        }
+        compared++;
+      }
+    }
+
+    const rows: string[][] = [];
+    const targets = [];
+    const figures: Record<string, number> = {};
+    for (const n of size.sizes) {
+      const p = (method: Method, pct: number) => percentile(samples.get(`${n}/${method}`)!, pct);
+      const ratio = p('search()', 50) / p('naive', 50);
+      const rowsRatio = p('search(), rows', 50) / p('naive', 50);
+      rows.push([fmtInt(n), fmtInt(size.queries), fmtMs(p('naive', 50)), fmtMs(p('naive', 99)), fmtMs(p('search()', 50)), fmtMs(p('search()', 99)),
+        fmtMs(p('search(), rows', 50)), fmtMs(p('search(), rows', 99)), `${ratio.toFixed(2)}×`, `${rowsRatio.toFixed(2)}×`]);
+      figures[`p50_ratio_${n}`] = ratio;
+      if (n <= 1_000) {
+        targets.push({
+          name: `tenants of ${fmtInt(n)} vector(s): p50 of search() (one round trip, query embedded) / p50 of the naive statement`,
+          measured: `${ratio.toFixed(2)}× (${fmtMs(p('search()', 50))} ms against ${fmtMs(p('naive', 50))} ms; p99 ${fmtMs(p('search()', 99))} against ${fmtMs(p('naive', 99))})`,
+          target: `≤ ${RATIO_TARGET}×`, met: ratio <= RATIO_TARGET,
+        });
+      }
+    }
+    const latency: Table = {
+      title: 'Latency per search, client-side (ms): the naive statement against search() with the query embedded',
+      headers: ['vectors in the tenant', 'queries per method', 'naive p50', 'naive p99', 'search() p50', 'search() p99',
+        'search() rows p50', 'search() rows p99', 'search() / naive, p50', 'rows / naive, p50'],
+      rows,
+      notes: [
+        `Each query ran through all three, in alternating order, on one connection each (the application role for search(), the owner for the naive statement, a prepared statement); ${fmtInt(compared)} queries compared, each returning the same ${K} rows from both sides.`,
+        'search() is one round trip here: one statement, regen.search_tenant, which sets the tenant for itself, then searches under row-level security. With a text instead of an embedding, search() adds one round trip (regen.search_input: the version and the text as it preprocesses it) and the provider\'s call.',
+      ],
+    };
+    return {
+      title: 'P. search() in one round trip against the naive single statement',
+      setup: [
+        `source table docs (id bigint primary key, tenant text, body text, embedding vector(${size.dimensions})), a b-tree on tenant; ${fmtInt(total)} rows in ${tenants.length} tenants (${size.tenantsPerSize} of each size ${size.sizes.filter((n) => n < 10_000).map(fmtInt).join(', ')}${size.sizes.includes(10_000) ? ', and one of 10,000' : ''}), vectors seeded per row`,
+        `pgregen: the table registered as source docs (version ${TAG}, cosine), the same vectors in regen._embeddings (loaded the fast way, as the owner), the version's HNSW index built afterwards; searched as a role given regen.grant_app`,
+        'naive: select id from docs where tenant = $1 order by embedding <=> $2 limit 10 (exact: the b-tree, then a sort), as the owner, prepared',
+        `queries: a seeded random vector each, ${size.warmup} warm-up per size, then ${size.queries} timed per method`,
+        `database: ${origin}`,
+      ],
+      tables: [latency, renderTargets(targets)],
+      targets,
+      figures,
+      server: info,
+    };
+  } finally {
+    await app?.end();
+    await naive?.end();
+    await owner.query(`drop owned by ${role}`).catch(() => {});
+    await owner.query(`drop role if exists ${role}`).catch(() => {});
+    await owner.end();
+  }
+}
