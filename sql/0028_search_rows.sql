@@ -47,6 +47,7 @@ declare
   v_moved_sources integer[];
   v_moved_rows text[];
   v_moved text := '';
+  v_distance text;
 begin
   if k is null or k not between 1 and 1000 then
     raise exception 'k must be between 1 and 1000, not %', coalesce(k::text, 'NULL') using errcode = 'RG041';
@@ -59,6 +60,8 @@ begin
     return;   -- no source in scope
   end if;
   select * into v_version from regen._versions v where v.id = v_scope.version_id;
+  -- the version searched, for regen.search_tenant's answer (transaction-local, like the tenant)
+  perform set_config('regen.searched_version', v_version.tag, true);
   -- vector_dims() is pgvector's: from here on its library is loaded, and hnsw.* are known settings
   if query is null or vector_dims(query) <> v_version.dimensions then
     raise exception 'the query has % dimensions, version % has %',
@@ -75,130 +78,143 @@ begin
     v_moved := ' and not exists (select 1 from unnest($6::integer[], $7::text[]) m(source_id, row_id)'
                ' where m.source_id = e.source_id and m.row_id = e.row_id)';
   end if;
+  v_distance := coalesce(v_version.settings->>'distance', 'inner_product');
 
-  -- The version's distance, spelled with pgvector's operator wherever pgvector lives.
-  select format('operator(%I.%s)', n.nspname,
-                case v_version.settings->>'distance' when 'cosine' then '<=>' when 'l2' then '<->' else '<#>' end)
-    into v_op
-  from pg_extension e join pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector';
+  -- How many vectors are in scope, counted up to the exact path's threshold (an index-only scan of
+  -- the scope index). A scope no larger than the lower threshold of a tenant with an index of its
+  -- own is ranked exactly whatever indexes exist: the common case, without looking them up.
+  select count(*) into v_in_scope from (
+    select 1 from regen._embeddings e
+    where e.version_id = v_scope.version_id and e.tenant = v_tenant and e.source_id = any(v_scope.source_ids)
+    limit v_exact_max + 1) s;
+  if v_in_scope > least(v_tenant_min, v_exact_max) then
+    -- The version's distance, spelled with pgvector's operator wherever pgvector lives.
+    select format('operator(%I.%s)', n.nspname,
+                  case v_distance when 'cosine' then '<=>' when 'l2' then '<->' else '<#>' end)
+      into v_op
+    from pg_extension e join pg_namespace n on n.oid = e.extnamespace where e.extname = 'vector';
 
-  -- A tenant of its own HNSW index (see regen.tenant_index_plan) is searched through it above a lower
-  -- threshold: its graph holds the tenant's vectors only, so it finds them as well as an exact scan.
-  -- The names are regen._tenant_index_name() and regen._version_indexes' index_name, spelled out: an
-  -- application role executes and reads only what regen.grant_app() granted it.
-  select exists (
-    select 1 from pg_class c join pg_index i on i.indexrelid = c.oid
-    where c.relnamespace = 'regen'::regnamespace
-      and c.relname = '_embeddings_hnsw_v' || v_scope.version_id || '_t' || left(md5(v_tenant), 16)
-      and i.indisvalid and i.indisready) into v_tenant_index;
-  -- Without a valid index of the version (being built, or dropped for a large load) the scan below
-  -- would read and sort the scope anyway, by the index's cast: the exact path answers instead.
-  select exists (
-    select 1 from pg_class c join pg_index i on i.indexrelid = c.oid
-    where c.relnamespace = 'regen'::regnamespace
-      and c.relname = ('_embeddings_hnsw_v' || v_scope.version_id)::name
-      and i.indisvalid and i.indisready) into v_version_index;
-  v_threshold := case when v_tenant_index then least(v_tenant_min, v_exact_max) else v_exact_max end;
+    -- A tenant of its own HNSW index (see regen.tenant_index_plan) is searched through it above a lower
+    -- threshold: its graph holds the tenant's vectors only, so it finds them as well as an exact scan.
+    -- The names are regen._tenant_index_name() and regen._version_indexes' index_name, spelled out: an
+    -- application role executes and reads only what regen.grant_app() granted it.
+    select exists (
+      select 1 from pg_class c join pg_index i on i.indexrelid = c.oid
+      where c.relnamespace = 'regen'::regnamespace
+        and c.relname = '_embeddings_hnsw_v' || v_scope.version_id || '_t' || left(md5(v_tenant), 16)
+        and i.indisvalid and i.indisready) into v_tenant_index;
+    -- Without a valid index of the version (being built, or dropped for a large load) the scan below
+    -- would read and sort the scope anyway, by the index's cast: the exact path answers instead.
+    select exists (
+      select 1 from pg_class c join pg_index i on i.indexrelid = c.oid
+      where c.relnamespace = 'regen'::regnamespace
+        and c.relname = ('_embeddings_hnsw_v' || v_scope.version_id)::name
+        and i.indisvalid and i.indisready) into v_version_index;
+    v_threshold := case when v_tenant_index then least(v_tenant_min, v_exact_max) else v_exact_max end;
 
-  -- How many vectors are in scope, counted up to the threshold (an index-only scan of the scope index).
-  if v_tenant_index or v_version_index then
-    select count(*) into v_in_scope from (
-      select 1 from regen._embeddings e
-      where e.version_id = v_scope.version_id and e.tenant = v_tenant and e.source_id = any(v_scope.source_ids)
-      limit v_threshold + 1) s;
+    if (v_tenant_index or v_version_index) and v_in_scope > v_threshold then
+      -- Large scope: the tenant's own HNSW index when it has one, else the version's, scanned
+      -- iteratively (pgvector 0.8) with the scope as its filter until k rows of the scope are found.
+      -- The tenant is a literal in the query, so the planner can prove a tenant index's predicate. Sorts are switched off so that the planner cannot
+      -- trade the index for a full read of the scope. The index ranks by the cast (vector(n), or
+      -- halfvec(n) above 2,000 dimensions); the distance returned is that of the full vectors.
+      -- Per row, the scan asks for more chunks (4 times as many each round) until they hold k
+      -- distinct rows, each at its best chunk found.
+      v_cast := case when v_version.dimensions > 2000 then format('halfvec(%s)', v_version.dimensions)
+                     else format('vector(%s)', v_version.dimensions) end;
+      v_caller_iterative := current_setting('hnsw.iterative_scan');
+      v_caller_ef := current_setting('hnsw.ef_search');
+      perform set_config('hnsw.iterative_scan', 'relaxed_order', true);
+      perform set_config('enable_sort', 'off', true);
+      perform set_config('enable_seqscan', 'off', true);
+      perform set_config('enable_bitmapscan', 'off', true);
+      v_fetch := case when best_per_row then 2 * k else k end;
+      loop
+        perform set_config('hnsw.ef_search', least(1000, greatest(case when v_tenant_index then v_tenant_ef else v_ef end, v_fetch))::text, true);
+        execute format($f$
+          select array_agg(row(s.name, c.row_id, c.chunk_no, c.distance)::regen.search_hit)
+          from (select e.source_id, e.row_id, e.chunk_no, (e.embedding %2$s $1)::float8 as distance
+                  from regen._embeddings e
+                 where e.version_id = %1$s and e.tenant = %4$L and e.source_id = any($3)%5$s
+                 order by e.embedding::%3$s %2$s $1::%3$s
+                 limit $4) c
+          join regen._sources s on s.id = c.source_id$f$,
+          v_scope.version_id, v_op, v_cast, v_tenant, v_moved)
+          into v_hits
+          using query, v_tenant, v_scope.source_ids, v_fetch, null::float8, v_moved_sources, v_moved_rows;
+        exit when not best_per_row;
+        v_rows := array(select (h.source, h.row_id, h.chunk_no, h.distance)::regen.search_hit
+                        from (select distinct on (h.source, h.row_id) h.*
+                                from unnest(v_hits) h order by h.source, h.row_id, h.distance, h.chunk_no) h
+                        order by h.distance, h.source, h.row_id
+                        limit k);
+        -- enough rows; or the scan gave up short of the chunks asked for (the exact path answers)
+        -- (beyond the larger of the exact path's threshold and 64 chunks a row, the exact path too)
+        exit when cardinality(v_rows) >= k or coalesce(cardinality(v_hits), 0) < v_fetch
+               or v_fetch >= greatest(v_threshold, 64 * k);
+        v_fetch := least(v_fetch * 4, greatest(v_threshold, 64 * k));
+      end loop;
+      perform set_config('enable_sort', 'on', true);
+      perform set_config('enable_seqscan', 'on', true);
+      perform set_config('enable_bitmapscan', 'on', true);
+      -- the caller's values again (an error in between rolls them back with its (sub)transaction)
+      perform set_config('hnsw.iterative_scan', v_caller_iterative, true);
+      perform set_config('hnsw.ef_search', v_caller_ef, true);
+      if best_per_row then
+        v_hits := v_rows;
+      end if;
+      -- The iterative scan gives up at hnsw.max_scan_tuples; short of k rows, the exact path answers.
+      if cardinality(v_hits) >= k then
+        return query
+          select h.* from unnest(v_hits) h
+          where max_distance is null or h.distance <= max_distance
+          order by h.distance, h.source, h.row_id, h.chunk_no;
+        return;
+      end if;
+    end if;
   end if;
 
-  if v_in_scope > v_threshold then
-    -- Large scope: the tenant's own HNSW index when it has one, else the version's, scanned
-    -- iteratively (pgvector 0.8) with the scope as its filter until k rows of the scope are found.
-    -- The tenant is a literal in the query, so the planner can prove a tenant index's predicate. Sorts are switched off so that the planner cannot
-    -- trade the index for a full read of the scope. The index ranks by the cast (vector(n), or
-    -- halfvec(n) above 2,000 dimensions); the distance returned is that of the full vectors.
-    -- Per row, the scan asks for more chunks (4 times as many each round) until they hold k
-    -- distinct rows, each at its best chunk found.
-    v_cast := case when v_version.dimensions > 2000 then format('halfvec(%s)', v_version.dimensions)
-                   else format('vector(%s)', v_version.dimensions) end;
-    v_caller_iterative := current_setting('hnsw.iterative_scan');
-    v_caller_ef := current_setting('hnsw.ef_search');
-    perform set_config('hnsw.iterative_scan', 'relaxed_order', true);
-    perform set_config('enable_sort', 'off', true);
-    perform set_config('enable_seqscan', 'off', true);
-    perform set_config('enable_bitmapscan', 'off', true);
-    v_fetch := case when best_per_row then 2 * k else k end;
-    loop
-      perform set_config('hnsw.ef_search', least(1000, greatest(case when v_tenant_index then v_tenant_ef else v_ef end, v_fetch))::text, true);
-      execute format($f$
-        select array_agg(row(s.name, c.row_id, c.chunk_no, c.distance)::regen.search_hit)
-        from (select e.source_id, e.row_id, e.chunk_no, (e.embedding %2$s $1)::float8 as distance
-                from regen._embeddings e
-               where e.version_id = %1$s and e.tenant = %4$L and e.source_id = any($3)%5$s
-               order by e.embedding::%3$s %2$s $1::%3$s
-               limit $4) c
-        join regen._sources s on s.id = c.source_id$f$,
-        v_scope.version_id, v_op, v_cast, v_tenant, v_moved)
-        into v_hits
-        using query, v_tenant, v_scope.source_ids, v_fetch, null::float8, v_moved_sources, v_moved_rows;
-      exit when not best_per_row;
-      v_rows := array(select (h.source, h.row_id, h.chunk_no, h.distance)::regen.search_hit
-                      from (select distinct on (h.source, h.row_id) h.*
-                              from unnest(v_hits) h order by h.source, h.row_id, h.distance, h.chunk_no) h
-                      order by h.distance, h.source, h.row_id
-                      limit k);
-      -- enough rows; or the scan gave up short of the chunks asked for (the exact path answers)
-      -- (beyond the larger of the exact path's threshold and 64 chunks a row, the exact path too)
-      exit when cardinality(v_rows) >= k or coalesce(cardinality(v_hits), 0) < v_fetch
-             or v_fetch >= greatest(v_threshold, 64 * k);
-      v_fetch := least(v_fetch * 4, greatest(v_threshold, 64 * k));
-    end loop;
-    perform set_config('enable_sort', 'on', true);
-    perform set_config('enable_seqscan', 'on', true);
-    perform set_config('enable_bitmapscan', 'on', true);
-    -- the caller's values again (an error in between rolls them back with its (sub)transaction)
-    perform set_config('hnsw.iterative_scan', v_caller_iterative, true);
-    perform set_config('hnsw.ef_search', v_caller_ef, true);
-    if best_per_row then
-      v_hits := v_rows;
-    end if;
-    -- The iterative scan gives up at hnsw.max_scan_tuples; short of k rows, the exact path answers.
-    if cardinality(v_hits) >= k then
-      return query
-        select h.* from unnest(v_hits) h
-        where max_distance is null or h.distance <= max_distance
-        order by h.distance, h.source, h.row_id, h.chunk_no;
-      return;
-    end if;
-  end if;
-
-  -- Small scope, or no index to scan: every vector of the scope, exactly. The distance is taken on
-  -- the untyped column, an expression no HNSW index matches, so the plan reads the scope through
-  -- the b-tree and ranks it. Per row: each row's best chunk (the lowest chunk number among equals).
+  -- Small scope, or no index to scan: every vector of the scope, exactly, in static SQL (its plan
+  -- is kept for the session). The distance is taken on the untyped column, an expression no HNSW
+  -- index matches, so the plan reads the scope through the b-tree; the version's distance is chosen
+  -- per row by a CASE. Per row: each row's best chunk (the lowest chunk number among equals).
   if best_per_row then
-    return query execute format($f$
+    return query
       select s.name, c.row_id, c.chunk_no, c.distance
-      from (select distinct on (e.source_id, e.row_id) e.source_id, e.row_id, e.chunk_no, (e.embedding %2$s $1)::float8 as distance
+      from (select distinct on (e.source_id, e.row_id) e.source_id, e.row_id, e.chunk_no, d.distance
               from regen._embeddings e
-             where e.version_id = %1$s and e.tenant = $2 and e.source_id = any($3)%3$s
-               and ($5::float8 is null or (e.embedding %2$s $1) <= $5)
-             order by e.source_id, e.row_id, distance, e.chunk_no) c
+              cross join lateral (select (case v_distance when 'cosine' then e.embedding <=> query
+                                                          when 'l2' then e.embedding <-> query
+                                                          else e.embedding <#> query end)::float8 as distance) d
+             where e.version_id = v_scope.version_id and e.tenant = v_tenant
+               and e.source_id = any(v_scope.source_ids)
+               and (max_distance is null or d.distance <= max_distance)
+               and (cardinality(v_moved_rows) = 0 or not exists (
+                     select 1 from unnest(v_moved_sources, v_moved_rows) m(source_id, row_id)
+                     where m.source_id = e.source_id and m.row_id = e.row_id))
+             order by e.source_id, e.row_id, d.distance, e.chunk_no) c
       join regen._sources s on s.id = c.source_id
       order by c.distance, s.name, c.row_id
-      limit $4$f$,
-      v_scope.version_id, v_op, v_moved)
-      using query, v_tenant, v_scope.source_ids, k, max_distance, v_moved_sources, v_moved_rows;
+      limit k;
     return;
   end if;
-  return query execute format($f$
+  return query
     select s.name, c.row_id, c.chunk_no, c.distance
-    from (select e.source_id, e.row_id, e.chunk_no, (e.embedding %2$s $1)::float8 as distance
+    from (select e.source_id, e.row_id, e.chunk_no, d.distance
             from regen._embeddings e
-           where e.version_id = %1$s and e.tenant = $2 and e.source_id = any($3)%3$s
-             and ($5::float8 is null or (e.embedding %2$s $1) <= $5)
-           order by distance
-           limit $4) c
+            cross join lateral (select (case v_distance when 'cosine' then e.embedding <=> query
+                                                        when 'l2' then e.embedding <-> query
+                                                        else e.embedding <#> query end)::float8 as distance) d
+           where e.version_id = v_scope.version_id and e.tenant = v_tenant
+             and e.source_id = any(v_scope.source_ids)
+             and (max_distance is null or d.distance <= max_distance)
+             and (cardinality(v_moved_rows) = 0 or not exists (
+                   select 1 from unnest(v_moved_sources, v_moved_rows) m(source_id, row_id)
+                   where m.source_id = e.source_id and m.row_id = e.row_id))
+           order by d.distance
+           limit k) c
     join regen._sources s on s.id = c.source_id
-    order by c.distance, s.name, c.row_id, c.chunk_no$f$,
-    v_scope.version_id, v_op, v_moved)
-    using query, v_tenant, v_scope.source_ids, k, max_distance, v_moved_sources, v_moved_rows;
+    order by c.distance, s.name, c.row_id, c.chunk_no;
 end
 $$;
 comment on function regen._search(vector, integer, text[], text, double precision, boolean) is
@@ -259,12 +275,11 @@ begin
     raise exception 'per_row must be true (rows) or false (chunks), not NULL' using errcode = 'RG041';
   end if;
   perform regen.set_tenant(tenant);
+  perform set_config('regen.searched_version', '', true);
   v_hits := array(select h from regen._search(query, k, sources, version, max_distance, per_row) h);
+  v_tag := nullif(current_setting('regen.searched_version', true), '');
   perform set_config('regen.tenant_id', coalesce(v_old_tenant, ''), true);
   perform set_config('regen.tenant_marker', coalesce(v_old_marker, ''), true);
-  if cardinality(v_hits) > 0 then
-    v_tag := (select v.tag from regen._search_scope(sources, version) sc join regen._versions v on v.id = sc.version_id);
-  end if;
   return query select h.source, h.row_id, h.chunk_no, h.distance, v_tag from unnest(v_hits) h;
 end
 $$;
@@ -333,7 +348,7 @@ begin
   for v_fn in
     select p.oid::regprocedure from pg_proc p
     where p.pronamespace = 'regen'::regnamespace
-      and p.proname in ('create_version', '_search', 'write_embeddings', '_adoption_rows', 'finish_adoption', 'sync_mirrors')
+      and p.proname in ('create_version', '_search', 'search_tenant', 'write_embeddings', '_adoption_rows', 'finish_adoption', 'sync_mirrors')
       and not coalesce(('search_path=' || v_path) = any(p.proconfig), false)
     order by p.oid
   loop

@@ -42,6 +42,12 @@ export interface SearchContext {
   pool: pg.Pool;
   /** An OpenAI (or compatible) client for the versions' provider (not needed for a query already embedded). */
   openai?: OpenAI;
+  /**
+   * Send the search as a named prepared statement, parsed once per connection (about a quarter of a
+   * millisecond less per search). Not through PgBouncer in transaction mode unless it keeps
+   * prepared statements (1.21 and later, with max_prepared_statements set). Default false.
+   */
+  prepare?: boolean;
 }
 
 interface SearchInput {
@@ -125,7 +131,7 @@ export function embeddingError(openai: OpenAI, model: string, err: unknown): Pgr
 export async function search(context: SearchContext, query: string | number[], options: SearchOptions): Promise<SearchHit[]> {
   checkSearchArguments(query, options);
   try {
-    if (Array.isArray(query)) return await searchVector(context.pool, query, options.version ?? null, options);
+    if (Array.isArray(query)) return await searchVector(context, query, options.version ?? null, options);
     return await searchText(context, query, options);
   } catch (err) {
     throw PgregenError.fromSql(err);
@@ -133,13 +139,15 @@ export async function search(context: SearchContext, query: string | number[], o
 }
 
 /** One statement: regen.search_tenant sets the tenant and searches (the version: the one named, else the active one). */
-async function searchVector(pool: pg.Pool, embedding: number[], version: string | null, options: SearchOptions): Promise<SearchHit[]> {
+const SEARCH_TENANT = 'select * from regen.search_tenant($1::text, $2, $3::integer, $4::text[], $5::text, $6::float8, $7::boolean)';
+
+async function searchVector(context: SearchContext, embedding: number[], version: string | null, options: SearchOptions): Promise<SearchHit[]> {
   // The query is not cast by name (`::vector` would need pgvector's schema on the role's
   // search_path): the parameter takes search_tenant's argument type.
-  const { rows } = await pool.query<{ source: string; row_id: string; chunk_no: number; distance: number; version_searched: string }>(
-    'select * from regen.search_tenant($1::text, $2, $3::integer, $4::text[], $5::text, $6::float8, $7::boolean)',
-    [options.tenant, pgvector.toSql(embedding), options.k ?? 10, options.sources ?? null, version,
-      options.maxDistance ?? null, options.rows ?? false]);
+  const values = [options.tenant, pgvector.toSql(embedding), options.k ?? 10, options.sources ?? null, version,
+    options.maxDistance ?? null, options.rows ?? false];
+  const { rows } = await context.pool.query<{ source: string; row_id: string; chunk_no: number; distance: number; version_searched: string }>(
+    context.prepare ? { name: 'pgregen.search_tenant', text: SEARCH_TENANT, values } : { text: SEARCH_TENANT, values });
   return rows.map((r) => ({ source: r.source, rowId: r.row_id, chunkNo: r.chunk_no, distance: r.distance, version: r.version_searched }));
 }
 
@@ -169,5 +177,5 @@ async function searchText(context: SearchContext, text: string, options: SearchO
 
   // The version is named, so a cutover between the two statements cannot pair the query with
   // vectors of another model.
-  return searchVector(pool, embedding, target.version, options);
+  return searchVector(context, embedding, target.version, options);
 }
