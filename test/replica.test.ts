@@ -26,7 +26,9 @@ describe('search on a streaming hot standby', () => {
   const asApp = (url: string) => {
     const u = new URL(url);
     u.username = 'replica_app';
-    return new pg.Pool({ connectionString: u.toString(), max: 2 });
+    const pool = new pg.Pool({ connectionString: u.toString(), max: 2 });
+    pool.on('error', () => {});   // an idle connection cut by the servers' shutdown at the end
+    return pool;
   };
   /** The vector the local server gives a text (what the worker would store). */
   const vectorOf = async (text: string) =>
@@ -43,6 +45,7 @@ describe('search on a streaming hot standby', () => {
     server = await startEmbeddingServer({ dimensions: DIMS });
     openai = new OpenAI({ apiKey: 'test', baseURL: server.url });
     owner = new pg.Pool({ connectionString: primary.url, max: 2 });
+    owner.on('error', () => {});
     await owner.query('create extension vector');
     await install({ connectionString: primary.url });
     await owner.query(`create table articles (id int primary key, tenant text not null, body text not null)`);

@@ -125,10 +125,13 @@ describe('search_rows: each row once, at its best chunk', () => {
     expect(hits.some((h) => h.source === 'notes' && hits.some((o) => o.source === 'handbooks' && o.row_id === h.row_id))).toBe(true);
   });
 
+  // The approximate path's recall is search_scoped's (the version's HNSW index at ef_search 100,
+  // filtered to one tenant of ~35,000 chunks in a store of ~40,000): about 0.9, and the build is not
+  // deterministic, so the bar is set below it.
   it('returns k distinct rows at their true best-chunk distances on the approximate path, with a stated recall', async () => {
     let found = 0;
     let wanted = 0;
-    for (let i = 0; i < 10; i++) {
+    for (let i = 0; i < 30; i++) {
       const query = randomQuery();
       const { hits, scans } = await searchRows('r10k', query, 10);
       expect(scans, 'HNSW scans').toBeGreaterThan(0);
@@ -154,7 +157,7 @@ describe('search_rows: each row once, at its best chunk', () => {
       found += hits.filter((h) => truth.has(rowKey(h))).length;
       wanted += 10;
     }
-    expect(found / wanted).toBeGreaterThanOrEqual(0.9);
+    expect(found / wanted).toBeGreaterThanOrEqual(0.85);
   });
 
   it('returns min(k, rows) distinct rows on the approximate path for every tenant size, and honours max_distance', async () => {
