@@ -83,6 +83,21 @@ describe('the mirror column', () => {
     // a building version's vectors are not mirrored
     expect((await db.query('select count(*)::int as n from kb where vector_dims(embedding) = 16')).rows[0].n).toBe(120);
     await cutover(db.pool, 'kb', 'mirror@2');   // builds its HNSW index, then flips
+    // while the worker rewrites all 120 mirrors, the application's updates of those rows never wait
+    // on it for long: each one under a lock_timeout of 500 ms, none refused
+    const app = new pg.Client({ connectionString: db.url });
+    await app.connect();
+    try {
+      await app.query(`set lock_timeout = '500ms'`);
+      let updates = 0;
+      while ((await pending()) > 0 || updates < 40) {
+        await app.query(`update kb set title = title || '' where id = $1`, [1 + (updates * 37) % 120]);
+        updates++;
+      }
+      expect(updates).toBeGreaterThanOrEqual(40);
+    } finally {
+      await app.end();
+    }
     await mirrored();
     expect((await db.query('select count(*)::int as n from kb where vector_dims(embedding) = 24')).rows[0].n).toBe(120);
     server.resetStats();
