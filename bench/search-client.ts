@@ -72,6 +72,11 @@ async function measure(url: string, size: Size, origin: string, log: (line: stri
     }
     await owner.query('create index on docs (tenant)');
     await owner.query('analyze docs');
+    // where each side keeps its vectors: the application's table as pgvector stores them by default,
+    // pgregen's store inline (storage main, sql/0001)
+    const { rows: [storage] } = await owner.query<{ heap: string; toast: string }>(
+      `select pg_size_pretty(pg_relation_size(c.oid)) as heap, pg_size_pretty(coalesce(pg_relation_size(nullif(c.reltoastrelid, 0)), 0)) as toast
+         from pg_class c where c.oid = 'docs'::regclass`);
 
     // pgregen: the same rows as a source, the same vectors in its store (loaded the fast way, as the
     // owner: the worker would write the same rows), and the version's HNSW index built after
@@ -177,6 +182,7 @@ async function measure(url: string, size: Size, origin: string, log: (line: stri
         `source table docs (id bigint primary key, tenant text, body text, embedding vector(${size.dimensions})), a b-tree on tenant; ${fmtInt(total)} rows in ${tenants.length} tenants (${size.tenantsPerSize} of each size ${size.sizes.filter((n) => n < 10_000).map(fmtInt).join(', ')}${size.sizes.includes(10_000) ? ', and one of 10,000' : ''}), vectors seeded per row`,
         `pgregen: the table registered as source docs (version ${TAG}, cosine), the same vectors in regen._embeddings (loaded the fast way, as the owner), the version's HNSW index built afterwards; searched as a role given regen.grant_app`,
         'naive: select id from docs where tenant = $1 order by embedding <=> $2 limit 10 (exact: the b-tree, then a sort), as the owner',
+        `docs after loading: heap ${storage!.heap}, TOAST ${storage!.toast} (vectors over about 2 kB go out of line with pgvector's default storage; regen._embeddings keeps them inline)`,
         `queries: a seeded random vector each, ${size.warmup} warm-up per size, then ${size.queries} timed per method`,
         `database: ${origin}`,
       ],
