@@ -11,6 +11,43 @@
 --
 -- Error codes of this file: RG041 (reused) invalid search argument.
 
+-- The exact path: every vector of the scope, ranked; the k nearest chunks, or (per_row) the k
+-- nearest rows, each at its best chunk (the lowest chunk number among equals). A SQL function the
+-- planner inlines into its caller's statement (regen._search, regen.search_tenant), whose plan is
+-- kept for the session. The distance is taken on the untyped column, an expression no HNSW index
+-- matches, so the plan reads the scope through the b-tree; the version's distance is chosen per
+-- row by a CASE. Rows deleted or moved out of the tenant by a change not yet applied are left out
+-- (regen._moved_rows).
+create function regen._exact_hits(query vector, k integer, version_id integer, source_ids integer[], tenant text,
+                                  distance text, max_distance double precision, per_row boolean)
+returns setof regen.search_hit
+language sql stable
+as $$
+  with scope as (
+    select e.source_id, e.row_id, e.chunk_no,
+           (case $6 when 'cosine' then e.embedding <=> $1 when 'l2' then e.embedding <-> $1 else e.embedding <#> $1 end)::float8 as distance
+    from regen._embeddings e
+    where e.version_id = $3 and e.tenant = $5 and e.source_id = any($4)
+      and not exists (select 1 from regen._moved_rows m where m.source_id = e.source_id and m.row_id = e.row_id)
+  )
+  select h.* from (
+    (select s.name as source, c.row_id, c.chunk_no, c.distance
+       from (select distinct on (sc.source_id, sc.row_id) sc.*
+               from scope sc where $8 and ($7 is null or sc.distance <= $7)
+              order by sc.source_id, sc.row_id, sc.distance, sc.chunk_no) c
+       join regen._sources s on s.id = c.source_id
+      order by c.distance, s.name, c.row_id
+      limit $2)
+    union all
+    (select s.name as source, c.row_id, c.chunk_no, c.distance
+       from (select sc.* from scope sc where not $8 and ($7 is null or sc.distance <= $7) order by sc.distance limit $2) c
+       join regen._sources s on s.id = c.source_id)
+  ) h
+  order by h.distance, h.source, h.row_id, h.chunk_no
+$$;
+comment on function regen._exact_hits(vector, integer, integer, integer[], text, text, double precision, boolean) is
+  'The exact path of a search: the k nearest chunks (or rows, each at its best chunk) of a scope, every vector ranked';
+
 create function regen._search(
   query vector,
   k integer,
@@ -22,6 +59,8 @@ create function regen._search(
 returns setof regen.search_hit
 language plpgsql stable security invoker
 set enable_sort = on set enable_seqscan = on set enable_bitmapscan = on
+-- its statements' plans are kept: a custom plan per tenant would plan the search again every call
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_tenant text := regen.current_tenant();
@@ -69,15 +108,6 @@ begin
       using errcode = 'RG041', hint = 'embed the query with the version''s own model (see regen.versions)';
   end if;
 
-  -- Rows deleted, or moved out of this tenant, whose change the worker has yet to apply (a moment,
-  -- REGEN_ENQUEUE_INTERVAL_MS): their vectors are left out of the answer now. Usually none.
-  select coalesce(array_agg(m.source_id), '{}'), coalesce(array_agg(m.row_id), '{}')
-    into v_moved_sources, v_moved_rows
-  from regen._moved_rows m where m.source_id = any(v_scope.source_ids);
-  if cardinality(v_moved_rows) > 0 then
-    v_moved := ' and not exists (select 1 from unnest($6::integer[], $7::text[]) m(source_id, row_id)'
-               ' where m.source_id = e.source_id and m.row_id = e.row_id)';
-  end if;
   v_distance := coalesce(v_version.settings->>'distance', 'inner_product');
 
   -- How many vectors are in scope, counted up to the exact path's threshold (an index-only scan of
@@ -88,6 +118,17 @@ begin
     where e.version_id = v_scope.version_id and e.tenant = v_tenant and e.source_id = any(v_scope.source_ids)
     limit v_exact_max + 1) s;
   if v_in_scope > least(v_tenant_min, v_exact_max) then
+    -- Rows deleted, or moved out of this tenant, whose change the worker has yet to apply (a moment,
+    -- REGEN_ENQUEUE_INTERVAL_MS): their vectors are left out of the answer now. Usually none. (The exact
+    -- path, regen._exact_hits, leaves them out by itself.)
+    select coalesce(array_agg(m.source_id), '{}'), coalesce(array_agg(m.row_id), '{}')
+      into v_moved_sources, v_moved_rows
+    from regen._moved_rows m where m.source_id = any(v_scope.source_ids);
+    if cardinality(v_moved_rows) > 0 then
+      v_moved := ' and not exists (select 1 from unnest($6::integer[], $7::text[]) m(source_id, row_id)'
+                 ' where m.source_id = e.source_id and m.row_id = e.row_id)';
+    end if;
+
     -- The version's distance, spelled with pgvector's operator wherever pgvector lives.
     select format('operator(%I.%s)', n.nspname,
                   case v_distance when 'cosine' then '<=>' when 'l2' then '<->' else '<#>' end)
@@ -174,47 +215,9 @@ begin
     end if;
   end if;
 
-  -- Small scope, or no index to scan: every vector of the scope, exactly, in static SQL (its plan
-  -- is kept for the session). The distance is taken on the untyped column, an expression no HNSW
-  -- index matches, so the plan reads the scope through the b-tree; the version's distance is chosen
-  -- per row by a CASE. Per row: each row's best chunk (the lowest chunk number among equals).
-  if best_per_row then
-    return query
-      select s.name, c.row_id, c.chunk_no, c.distance
-      from (select distinct on (e.source_id, e.row_id) e.source_id, e.row_id, e.chunk_no, d.distance
-              from regen._embeddings e
-              cross join lateral (select (case v_distance when 'cosine' then e.embedding <=> query
-                                                          when 'l2' then e.embedding <-> query
-                                                          else e.embedding <#> query end)::float8 as distance) d
-             where e.version_id = v_scope.version_id and e.tenant = v_tenant
-               and e.source_id = any(v_scope.source_ids)
-               and (max_distance is null or d.distance <= max_distance)
-               and (cardinality(v_moved_rows) = 0 or not exists (
-                     select 1 from unnest(v_moved_sources, v_moved_rows) m(source_id, row_id)
-                     where m.source_id = e.source_id and m.row_id = e.row_id))
-             order by e.source_id, e.row_id, d.distance, e.chunk_no) c
-      join regen._sources s on s.id = c.source_id
-      order by c.distance, s.name, c.row_id
-      limit k;
-    return;
-  end if;
-  return query
-    select s.name, c.row_id, c.chunk_no, c.distance
-    from (select e.source_id, e.row_id, e.chunk_no, d.distance
-            from regen._embeddings e
-            cross join lateral (select (case v_distance when 'cosine' then e.embedding <=> query
-                                                        when 'l2' then e.embedding <-> query
-                                                        else e.embedding <#> query end)::float8 as distance) d
-           where e.version_id = v_scope.version_id and e.tenant = v_tenant
-             and e.source_id = any(v_scope.source_ids)
-             and (max_distance is null or d.distance <= max_distance)
-             and (cardinality(v_moved_rows) = 0 or not exists (
-                   select 1 from unnest(v_moved_sources, v_moved_rows) m(source_id, row_id)
-                   where m.source_id = e.source_id and m.row_id = e.row_id))
-           order by d.distance
-           limit k) c
-    join regen._sources s on s.id = c.source_id
-    order by c.distance, s.name, c.row_id, c.chunk_no;
+  -- Small scope, or no index to scan: every vector of the scope, exactly.
+  return query select * from regen._exact_hits(query, k, v_scope.version_id, v_scope.source_ids, v_tenant, v_distance,
+                                               max_distance, best_per_row);
 end
 $$;
 comment on function regen._search(vector, integer, text[], text, double precision, boolean) is
@@ -264,15 +267,50 @@ create function regen.search_tenant(
 )
 returns table (source text, row_id text, chunk_no integer, distance double precision, version_searched text)
 language plpgsql volatile security invoker
+-- its statements' plans are kept: a custom plan per tenant would plan the search again every call
+set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_old_tenant text := current_setting('regen.tenant_id', true);
   v_old_marker text := current_setting('regen.tenant_marker', true);
   v_hits regen.search_hit[];
   v_tag text;
+  v_scope record;
+  v_in_scope bigint;
 begin
   if per_row is null then
     raise exception 'per_row must be true (rows) or false (chunks), not NULL' using errcode = 'RG041';
+  end if;
+  -- The common case in a few statements: valid arguments, the default thresholds, one version in
+  -- scope whose every named source exists and uses it, and a scope of at most 1,000 vectors (ranked
+  -- exactly by regen._search too, whatever indexes exist). Anything else takes regen._search, which
+  -- also raises the errors.
+  if tenant <> '' and k between 1 and 1000 and (max_distance is null or max_distance <> 'NaN'::float8)
+     and coalesce(current_setting('regen.search_exact_max_rows', true), '') = ''
+     and coalesce(current_setting('regen.search_tenant_index_min_rows', true), '') = '' then
+    select v.id, v.tag, v.dimensions, coalesce(v.settings->>'distance', 'inner_product') as distance, x.ids,
+           x.versions = 1 and (sources is null or x.named = (select count(distinct n) from unnest(sources) n)) as ok
+      into v_scope
+    from (select min(sv.version_id) as version_id, count(distinct sv.version_id) as versions,
+                 array_agg(sv.source_id order by sv.source_id) as ids, count(distinct s.name) as named
+            from regen._source_versions sv join regen._sources s on s.id = sv.source_id
+           where case when search_tenant.version is null then sv.role = 'active'
+                      else sv.version_id = (select v.id from regen._versions v where v.tag = search_tenant.version) end
+             and (sources is null or s.name = any(sources))) x
+    join regen._versions v on v.id = x.version_id;
+    if v_scope.ok and query is not null and vector_dims(query) = v_scope.dimensions then
+      perform set_config('regen.tenant_id', tenant, true), set_config('regen.tenant_marker', regen._transaction_marker(), true);
+      select count(*) into v_in_scope from (
+        select 1 from regen._embeddings e
+        where e.version_id = v_scope.id and e.tenant = search_tenant.tenant and e.source_id = any(v_scope.ids) limit 1001) s;
+      if v_in_scope <= 1000 then
+        return query select h.source, h.row_id, h.chunk_no, h.distance, v_scope.tag
+                     from regen._exact_hits(query, k, v_scope.id, v_scope.ids, tenant, v_scope.distance, max_distance, per_row) h;
+        perform set_config('regen.tenant_id', coalesce(v_old_tenant, ''), true),
+                set_config('regen.tenant_marker', coalesce(v_old_marker, ''), true);
+        return;
+      end if;
+    end if;
   end if;
   perform regen.set_tenant(tenant);
   perform set_config('regen.searched_version', '', true);
@@ -295,7 +333,7 @@ as $$
 declare
   v_search text := (select string_agg(p.oid::regprocedure::text, ', ') from pg_proc p
                     where p.pronamespace = 'regen'::regnamespace
-                      and p.proname in ('search_scoped', 'search_rows', 'search_tenant', '_search'));
+                      and p.proname in ('search_scoped', 'search_rows', 'search_tenant', '_search', '_exact_hits'));
 begin
   perform regen._check_grantee(role);
   perform regen._grant_vector_usage(role);
