@@ -276,7 +276,6 @@ declare
   v_hits regen.search_hit[];
   v_tag text;
   v_scope record;
-  v_in_scope bigint;
 begin
   if per_row is null then
     raise exception 'per_row must be true (rows) or false (chunks), not NULL' using errcode = 'RG041';
@@ -288,8 +287,13 @@ begin
   if tenant <> '' and k between 1 and 1000 and (max_distance is null or max_distance <> 'NaN'::float8)
      and coalesce(current_setting('regen.search_exact_max_rows', true), '') = ''
      and coalesce(current_setting('regen.search_tenant_index_min_rows', true), '') = '' then
+    -- the tenant first: row-level security reads it when the scope is counted
+    perform set_config('regen.tenant_id', tenant, true), set_config('regen.tenant_marker', regen._transaction_marker(), true);
     select v.id, v.tag, v.dimensions, coalesce(v.settings->>'distance', 'inner_product') as distance, x.ids,
-           x.versions = 1 and (sources is null or x.named = (select count(distinct n) from unnest(sources) n)) as ok
+           x.versions = 1 and (sources is null or x.named = (select count(distinct n) from unnest(sources) n)) as ok,
+           (select count(*) from (select 1 from regen._embeddings e
+                                   where e.version_id = v.id and e.tenant = search_tenant.tenant and e.source_id = any(x.ids)
+                                   limit 1001) c) as in_scope
       into v_scope
     from (select min(sv.version_id) as version_id, count(distinct sv.version_id) as versions,
                  array_agg(sv.source_id order by sv.source_id) as ids, count(distinct s.name) as named
@@ -298,18 +302,12 @@ begin
                       else sv.version_id = (select v.id from regen._versions v where v.tag = search_tenant.version) end
              and (sources is null or s.name = any(sources))) x
     join regen._versions v on v.id = x.version_id;
-    if v_scope.ok and query is not null and vector_dims(query) = v_scope.dimensions then
-      perform set_config('regen.tenant_id', tenant, true), set_config('regen.tenant_marker', regen._transaction_marker(), true);
-      select count(*) into v_in_scope from (
-        select 1 from regen._embeddings e
-        where e.version_id = v_scope.id and e.tenant = search_tenant.tenant and e.source_id = any(v_scope.ids) limit 1001) s;
-      if v_in_scope <= 1000 then
-        return query select h.source, h.row_id, h.chunk_no, h.distance, v_scope.tag
-                     from regen._exact_hits(query, k, v_scope.id, v_scope.ids, tenant, v_scope.distance, max_distance, per_row) h;
-        perform set_config('regen.tenant_id', coalesce(v_old_tenant, ''), true),
-                set_config('regen.tenant_marker', coalesce(v_old_marker, ''), true);
-        return;
-      end if;
+    if v_scope.ok and v_scope.in_scope <= 1000 and query is not null and vector_dims(query) = v_scope.dimensions then
+      return query select h.source, h.row_id, h.chunk_no, h.distance, v_scope.tag
+                   from regen._exact_hits(query, k, v_scope.id, v_scope.ids, tenant, v_scope.distance, max_distance, per_row) h;
+      perform set_config('regen.tenant_id', coalesce(v_old_tenant, ''), true),
+              set_config('regen.tenant_marker', coalesce(v_old_marker, ''), true);
+      return;
     end if;
   end if;
   perform regen.set_tenant(tenant);
