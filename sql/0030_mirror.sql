@@ -177,12 +177,14 @@ begin
                     order by p.row_id limit max_rows for update skip locked);
     continue when cardinality(v_rows) = 0;
     -- the application's rows, locked without waiting (a row the application holds stays due); the
-    -- row's vector when its text is one chunk, else NULL; written only where it differs
+    -- row's vector when its text is one chunk, else NULL; written only where it differs. The update
+    -- finds the rows by their key, not their ctid: a row the application changed after this
+    -- statement's snapshot is locked (and written) in its newest version.
     execute format($f$
       with target as (
-        select t.ctid as tid, (t.%2$I)::text as row_id from %1$s t where t.%2$I = any($1::%3$s[]) for update of t skip locked
+        select (t.%2$I)::text as row_id from %1$s t where t.%2$I = any($1::%3$s[]) for update of t skip locked
       ), vec as (
-        select g.tid, g.row_id,
+        select g.row_id,
                (select case when $4 < 0 or vector_dims(e.embedding) = $4 then e.embedding end
                   from regen._embeddings e
                  where e.version_id = $2 and e.source_id = $3 and e.row_id = g.row_id and e.chunk_no = 1
@@ -191,7 +193,7 @@ begin
         from target g
       ), written as (
         update %1$s t set %4$I = v.embedding from vec v
-         where t.ctid = v.tid and t.%4$I is distinct from v.embedding
+         where t.%2$I = v.row_id::%3$s and t.%4$I is distinct from v.embedding
         returning 1
       )
       select (select array_agg(v.row_id) from vec v), (select count(*) from written)$f$,
