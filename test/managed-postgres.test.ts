@@ -10,6 +10,7 @@ import { promisify } from 'node:util';
 import OpenAI from 'openai';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, inject, it } from 'vitest';
+import { adopt } from '../src/adopt.ts';
 import { install } from '../src/install.ts';
 import { search } from '../src/search.ts';
 import { tenantIndexes } from '../src/tenant-indexes.ts';
@@ -20,7 +21,7 @@ import { adminPool } from './support/db.ts';
 import { DIMS, allRowIds, embedRows, gap, setupArticles } from './support/fixtures.ts';
 import { bruteForce, expectExactTopK, type Hit } from './support/search.ts';
 import { quoteIdent, withDatabase } from './support/url.ts';
-import { assertStoreConsistent, inProcessWorker, waitForClosedGap, workerEnv } from './support/worker.ts';
+import { assertStoreConsistent, inProcessWorker, waitFor, waitForClosedGap, workerEnv } from './support/worker.ts';
 
 const BIN = fileURLToPath(new URL('../bin/pgregen.js', import.meta.url));
 const execFileAsync = promisify(execFile);
@@ -301,6 +302,35 @@ describe('pgvector in schema extensions, installed and run by a database owner t
     } finally {
       typed.release();
     }
+  });
+
+  it('the owner adopts a column of existing vectors and mirrors the store into another, with the worker writing it', async () => {
+    await db.ownerPool.query(`create table legacy (id int primary key, tenant text not null, body text not null,
+                                vec extensions.vector, mirror extensions.vector)`);
+    await db.ownerPool.query(`insert into legacy select g, 'tenant_' || (g % 2), 'Legacy note ' || g, null, null from generate_series(1, 40) g`);
+    // the vectors an earlier script stored: the provider's, for the text as the version prepares it
+    const { rows } = await db.ownerPool.query<{ id: number; input: string }>(
+      `select l.id, regen.preprocess(l.body, v.settings) as input from legacy l, regen._versions v where v.tag = 'test@1' order by l.id`);
+    const { data } = await openai.embeddings.create({ model: 'test-model', input: rows.map((r) => r.input), dimensions: DIMS });
+    await db.ownerPool.query(`update legacy l set vec = x.v::extensions.vector from unnest($1::int[], $2::text[]) x(id, v) where l.id = x.id`,
+      [rows.map((r) => r.id), data.sort((a, b) => a.index - b.index).map((d) => JSON.stringify(d.embedding))]);
+    await db.ownerPool.query(`update legacy set vec = null where id > 36`);
+    await db.ownerPool.query(`select regen.register_source('legacy', 'legacy', 'id', 'body', tenant_column => 'tenant', version => 'test@1')`);
+    server.resetStats();
+    const adoption = await adopt(db.ownerPool, openai, { source: 'legacy', version: 'test@1', column: 'vec', sampleMin: 10 });
+    expect(adoption).toMatchObject({ state: 'adopted', judged: { ok: 36, null: 4 }, adoptedRows: 36, sampledRows: 10 });
+    expect(server.stats.inputs).toBe(10);
+    expect((await db.ownerPool.query(`select current::int, missing::int from regen.embedding_gap where source = 'legacy'`)).rows[0])
+      .toEqual({ current: 36, missing: 4 });
+
+    await db.ownerPool.query(`grant select on legacy to ${workerRole}`);
+    expect((await db.ownerPool.query(`select regen.set_mirror('legacy', 'mirror') as c`)).rows[0].c).toBe('mirror');
+    await db.ownerPool.query(`select * from regen.rebuild('legacy')`);
+    // the worker (an admin role, which may not write legacy itself) fills the mirror through regen.sync_mirrors
+    await waitFor('the mirror of legacy', async () => Number((await db.ownerPool.query(
+      `select count(*) as n from legacy l join regen._embeddings e on e.row_id = l.id::text and e.chunk_no = 1
+         join regen._sources s on s.id = e.source_id and s.name = 'legacy' where l.mirror operator(extensions.=) e.embedding`)).rows[0].n) === 40);
+    await db.ownerPool.query(`select regen.set_mirror('legacy', null)`);
   });
 
   it('tenant index statements name pgvector\'s schema where the caller\'s search_path does not reach it, and run as they are', async () => {
