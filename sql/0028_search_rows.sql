@@ -7,7 +7,10 @@
 -- so that a client needs one round trip for a query it has embedded.
 --
 -- Both, and search_scoped, are thin SQL wrappers over regen._search (search_scoped's body of
--- sql/0023_pending_moves.sql, plus the per-row mode): the planner inlines them.
+-- sql/0023_pending_moves.sql, plus the per-row mode): the planner inlines them. search_tenant
+-- takes a small scope (the common case) in a few statements of its own and hands everything else
+-- to regen._search; both rank a small scope with regen._exact_hits. Their plans are kept for the
+-- session (plan_cache_mode): a plan per tenant would be made again on every call.
 --
 -- Error codes of this file: RG041 (reused) invalid search argument.
 
