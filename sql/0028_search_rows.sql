@@ -365,10 +365,18 @@ $$;
 
 select regen._refresh_grants();
 
--- As in sql/0015_managed_postgres.sql, with regen._search (search_scoped's body, which names
--- pgvector's objects) in place of regen.search_scoped (now a SQL wrapper the planner inlines), and
--- the functions of sql/0029_adopt.sql and sql/0030_mirror.sql that name them (the installer runs
--- this after every migration).
+-- The functions whose bodies name pgvector's objects, as data: a migration that adds one inserts
+-- its name here instead of redefining regen._pin_search_paths (sql/0015_managed_postgres.sql, which
+-- kept them in its body). regen._search (search_scoped's body) takes search_scoped's place, which is
+-- now a SQL wrapper the planner inlines; search_tenant keeps _search_scope's plans on one
+-- search_path.
+create table regen._pinned_functions (
+  name name primary key
+);
+comment on table regen._pinned_functions is
+  'Functions of schema regen that name pgvector''s objects: regen._pin_search_paths() gives them pgvector''s schema in their search_path';
+insert into regen._pinned_functions (name) values ('create_version'), ('write_embeddings'), ('_search'), ('search_tenant');
+
 create or replace function regen._pin_search_paths()
 returns setof regprocedure
 language plpgsql volatile
@@ -387,7 +395,7 @@ begin
   for v_fn in
     select p.oid::regprocedure from pg_proc p
     where p.pronamespace = 'regen'::regnamespace
-      and p.proname in ('create_version', '_search', 'search_tenant', 'write_embeddings', '_adoption_rows', 'finish_adoption', 'sync_mirrors')
+      and p.proname in (select f.name from regen._pinned_functions f)
       and not coalesce(('search_path=' || v_path) = any(p.proconfig), false)
     order by p.oid
   loop

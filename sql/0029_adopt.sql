@@ -607,4 +607,7 @@ comment on function regen.finish_adoption(bigint, text[], integer[], vector[], b
   'in the cache). Any below: refused, nothing stored; with force, stored as adopted (searchable, a state of their own in '
   'regen.embedding_gap, re-embedded by the next rebuild). The sample rows get their fresh vectors. Rows are judged again first.';
 
+-- the functions of this file that name pgvector's objects (sql/0028_search_rows.sql)
+insert into regen._pinned_functions (name) values ('_adoption_rows'), ('finish_adoption');
+select regen._pin_search_paths();
 select regen._refresh_grants();

@@ -214,4 +214,7 @@ comment on function regen.sync_mirrors(integer) is
   'Writes up to max_rows due mirror columns per source (regen.set_mirror), skipping rows the application holds locked '
   '(they stay due); returns the rows written. The worker calls it every REGEN_ENQUEUE_INTERVAL_MS.';
 
+-- the functions of this file that name pgvector's objects (sql/0028_search_rows.sql)
+insert into regen._pinned_functions (name) values ('sync_mirrors');
+select regen._pin_search_paths();
 select regen._refresh_grants();

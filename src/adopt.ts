@@ -6,7 +6,7 @@ import type OpenAI from 'openai';
 import pgvector from 'pgvector';
 import type { Db } from './db.ts';
 import { PgregenError } from './errors.ts';
-import { embeddingError } from './search.ts';
+import { embedTexts } from './search.ts';
 import { buildVersionIndexes, deferVersionIndexes } from './versions.ts';
 
 export interface AdoptOptions {
@@ -79,19 +79,10 @@ export async function adopt(db: Db, openai: OpenAI, options: AdoptOptions): Prom
 
   const { rows: sample } = await db.query<{ row_id: string; chunk_no: number; input: string; model: string; dimensions: number; send_dimensions: boolean }>(
     'select * from regen.adoption_sample($1::bigint)', [adoption.id]);
-  const vectors: string[] = [];
-  for (let at = 0; at < sample.length; at += EMBED_BATCH) {
-    const batch = sample.slice(at, at + EMBED_BATCH);
-    const { model, dimensions, send_dimensions } = batch[0]!;
-    const response = await openai.embeddings.create({
-      model, input: batch.map((s) => s.input), ...(send_dimensions ? { dimensions } : {}),
-    }).catch((err: unknown) => { throw embeddingError(openai, model, err); });
-    const data = [...response.data].sort((a, b) => a.index - b.index);
-    if (data.length !== batch.length) {
-      throw new PgregenError(`the provider returned ${data.length} embeddings for ${batch.length} sample texts (model ${model})`);
-    }
-    vectors.push(...data.map((d) => pgvector.toSql(d.embedding as number[]) as string));
-  }
+  // one version: every row of the sample names the same model
+  const target = sample[0] && { model: sample[0].model, dimensions: sample[0].dimensions, sendDimensions: sample[0].send_dimensions };
+  const vectors = target
+    ? (await embedTexts(openai, target, sample.map((s) => s.input), EMBED_BATCH)).map((v) => pgvector.toSql(v) as string) : [];
 
   // A large adoption is loaded without the version's index, which is built again afterwards.
   const deferred = (adoption.judged.ok ?? 0) > 0

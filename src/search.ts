@@ -122,6 +122,34 @@ export function embeddingError(openai: OpenAI, model: string, err: unknown): Pgr
     hint, undefined, undefined, { cause: err });
 }
 
+/** A version's model as a client embeds for it (regen.search_input, regen.adoption_sample). */
+export interface EmbeddingTarget {
+  model: string;
+  dimensions: number;
+  /** Whether the request names the dimensions (the version's send_dimensions). */
+  sendDimensions: boolean;
+}
+
+/**
+ * One vector per input, in order, `batch` inputs per request; a provider that cannot be reached or
+ * refuses is a PgregenError naming the endpoint, one that answers with the wrong count is refused.
+ */
+export async function embedTexts(openai: OpenAI, target: EmbeddingTarget, inputs: string[], batch = 256): Promise<number[][]> {
+  const vectors: number[][] = [];
+  for (let at = 0; at < inputs.length; at += batch) {
+    const input = inputs.slice(at, at + batch);
+    const response = await openai.embeddings.create({
+      model: target.model, input, ...(target.sendDimensions ? { dimensions: target.dimensions } : {}),
+    }).catch((err: unknown) => { throw embeddingError(openai, target.model, err); });
+    const data = [...response.data].sort((a, b) => a.index - b.index);
+    if (data.length !== input.length) {
+      throw new PgregenError(`the provider returned ${data.length} embeddings for ${input.length} texts (model ${target.model})`);
+    }
+    vectors.push(...data.map((d) => d.embedding as number[]));
+  }
+  return vectors;
+}
+
 /**
  * The tenant's nearest chunks (or, with `rows`, distinct rows) to `query`: a text, which is embedded
  * first, or its embedding. Every refusal is a PgregenError with the RGnnn code of its reason (bad

@@ -5,20 +5,8 @@ import Table from 'cli-table3';
 import { adopt, type Adoption } from '../adopt.ts';
 import { withInstalled } from '../connect.ts';
 import { toJson } from '../json.ts';
-import { databaseUrl } from './options.ts';
+import { databaseUrl, numberBetween } from './options.ts';
 import { openaiFromEnv } from './search.ts';
-
-function fraction(value: string): number {
-  const n = Number(value);
-  if (value.trim() === '' || !Number.isFinite(n) || n < 0 || n > 1) throw new InvalidArgumentError('expected a number between 0 and 1');
-  return n;
-}
-
-function cosine(value: string): number {
-  const n = Number(value);
-  if (value.trim() === '' || !Number.isFinite(n) || n < -1 || n > 1) throw new InvalidArgumentError('expected a number between -1 and 1');
-  return n;
-}
 
 function count(value: string): number {
   if (!/^\d+$/.test(value.trim()) || Number(value) < 1) throw new InvalidArgumentError('expected a whole number of at least 1');
@@ -60,9 +48,9 @@ export function adoptCommand(): Command {
     .option('--from <table>', 'a table of vectors keyed by row id (default: the source table)')
     .option('--id-column <name>', "--from's column of row ids (default: the source's id column name)")
     .option('--chunk-column <name>', "--from's column of chunk numbers, from 1 (needed for a version that chunks texts)")
-    .option('--sample <fraction>', 'share of the adoptable rows re-embedded to check them', fraction, 0.01)
+    .option('--sample <fraction>', 'share of the adoptable rows re-embedded to check them', numberBetween(0, 1), 0.01)
     .option('--sample-min <n>', 'at least this many rows re-embedded', count, 50)
-    .option('--min-cosine <c>', 'lowest cosine similarity of a re-embedded chunk to the vector to adopt', cosine, 0.99)
+    .option('--min-cosine <c>', 'lowest cosine similarity of a re-embedded chunk to the vector to adopt', numberBetween(-1, 1), 0.99)
     .option('--force', 'store the vectors even when the sample does not match, marked adopted (re-embedded by the next rebuild)')
     .option('--json', 'print the adoption as JSON')
     .addHelpText('after', `

@@ -6,7 +6,7 @@ import type OpenAI from 'openai';
 import type pg from 'pg';
 import pgvector from 'pgvector';
 import { PgregenError } from '../errors.ts';
-import { embeddingError } from '../search.ts';
+import { embedTexts } from '../search.ts';
 import type { QuerySet } from './query-set.ts';
 
 export interface EvalContext {
@@ -143,21 +143,8 @@ async function embedQueries(context: EvalContext, texts: string[], sources: stri
     [texts, sources, version]);
   const target = rows[0];
   if (!target || rows.length !== texts.length) throw new PgregenError(`no source in scope for version ${version}`);
-  const vectors: number[][] = [];
-  for (let at = 0; at < rows.length; at += EMBED_BATCH) {
-    const input = rows.slice(at, at + EMBED_BATCH).map((r) => r.input);
-    const response = await context.openai.embeddings.create({
-      model: target.model,
-      input,
-      ...(target.send_dimensions ? { dimensions: target.dimensions } : {}),
-    }).catch((err: unknown) => { throw embeddingError(context.openai, target.model, err); });
-    const data = [...response.data].sort((a, b) => a.index - b.index);
-    if (data.length !== input.length) {
-      throw new PgregenError(`the provider returned ${data.length} embeddings for ${input.length} queries (model ${target.model})`);
-    }
-    vectors.push(...data.map((d) => d.embedding as number[]));
-  }
-  return vectors;
+  return embedTexts(context.openai, { model: target.model, dimensions: target.dimensions, sendDimensions: target.send_dimensions },
+    rows.map((r) => r.input), EMBED_BATCH);
 }
 
 /**
