@@ -231,9 +231,10 @@ describe('pgvector in schema extensions, installed and run by a database owner t
     expect(rows.sort((a, b) => (a.fn < b.fn ? -1 : 1))).toEqual([
       // the extension's name, looked up in pg_extension
       { fn: 'regen._check_eval_scope(text,text,text[],jsonb)', names: 'vector' },   // in a message
-      // a SQL function inlined into its callers (regen._search, regen.search_tenant), whose search_path
-      // is pinned: a SET clause of its own would keep the planner from inlining it
-      { fn: 'regen._exact_hits(extensions.vector,integer,integer,integer[],text,text,double precision,boolean)', names: '<#>, <=>' },
+      // SQL functions inlined into their callers (regen._search, regen.search_tenant), whose search_path
+      // is pinned: a SET clause of their own would keep the planner from inlining them (regen._exact_hits calls them)
+      { fn: 'regen._exact_chunks(extensions.vector,integer,integer,integer[],text,text,double precision)', names: '<#>, <=>' },
+      { fn: 'regen._exact_rows(extensions.vector,integer,integer,integer[],text,text,double precision)', names: '<#>, <=>' },
       { fn: 'regen._hnsw_expression(integer)', names: 'halfvec, vector' },        // type names looked up by oid, printed for the caller's session
       { fn: 'regen._pin_search_paths()', names: 'vector' },
       { fn: 'regen._vector_schema()', names: 'vector' },

@@ -196,7 +196,9 @@ describe('isolation: an application role gets its tenant\'s rows, and nothing el
           and has_function_privilege($1, p.oid, 'EXECUTE') order by 1`, [grantee])).rows.map((r) => r.fn);
     expect(await executable('public')).toEqual([]);
     expect(await executable(app.name)).toEqual([
+      'regen._exact_chunks(vector,integer,integer,integer[],text,text,double precision)',
       'regen._exact_hits(vector,integer,integer,integer[],text,text,double precision,boolean)',
+      'regen._exact_rows(vector,integer,integer,integer[],text,text,double precision)',
       'regen._policy_tenant()', 'regen._search(vector,integer,text[],text,double precision,boolean)',
       'regen._search_scope(text[],text)', 'regen._search_setting(text,integer,integer,integer)',
       'regen._transaction_marker()', 'regen.current_tenant()', 'regen.preprocess(text,jsonb)', 'regen.search_input(text,text[],text)',
