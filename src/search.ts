@@ -6,8 +6,8 @@
 // filtering and ranking happen in SQL. The pool may be a streaming replica's: nothing here writes.
 import type OpenAI from 'openai';
 import type pg from 'pg';
-import pgvector from 'pgvector';
 import { PgregenError } from './errors.ts';
+import { vectorBinary } from './vector-binary.ts';
 
 export interface SearchOptions {
   /** The tenant whose rows are searched (and the only one whose rows can come back). */
@@ -171,8 +171,14 @@ const SEARCH_TENANT = 'select * from regen.search_tenant($1::text, $2, $3::integ
 
 async function searchVector(context: SearchContext, embedding: number[], version: string | null, options: SearchOptions): Promise<SearchHit[]> {
   // The query is not cast by name (`::vector` would need pgvector's schema on the role's
-  // search_path): the parameter takes search_tenant's argument type.
-  const values = [options.tenant, pgvector.toSql(embedding), options.k ?? 10, options.sources ?? null, version,
+  // search_path): the parameter takes search_tenant's argument type, and is sent in binary.
+  let query: Buffer;
+  try {
+    query = vectorBinary(embedding);
+  } catch (err) {
+    throw new PgregenError(`the query vector does not fit pgvector's vector: ${(err as Error).message}`, 'pass the embedding as the model returned it', 'RG041');
+  }
+  const values = [options.tenant, query, options.k ?? 10, options.sources ?? null, version,
     options.maxDistance ?? null, options.rows ?? false];
   const { rows } = await context.pool.query<{ source: string; row_id: string; chunk_no: number; distance: number; version_searched: string }>(
     context.prepare ? { name: 'pgregen.search_tenant', text: SEARCH_TENANT, values } : { text: SEARCH_TENANT, values });

@@ -5,6 +5,7 @@
 import { randomBytes } from 'node:crypto';
 import OpenAI from 'openai';
 import pg from 'pg';
+import pgvector from 'pgvector';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { search } from '../src/search.ts';
 import { startEmbeddingServer, type EmbeddingServer } from '../src/provider-server.ts';
@@ -121,8 +122,20 @@ describe('search()', () => {
     expect(vector.counts).toEqual({ queries: 1, connects: 0 });
     expect(byVector).toEqual(byText);
     expect(byText[0]).toMatchObject({ distance: expect.closeTo(0, 5), version: 'search@1' });
+    // the vector goes in binary (pgvector's wire format): the same hits as the text form gives in SQL
+    const { rows: inText } = await app.query<{ row_id: string; distance: number }>(
+      `select row_id, distance from regen.search_tenant('globex', $1, 4)`, [pgvector.toSql(embedded!.embedding)]);
+    expect(byVector.map((h) => h.rowId)).toEqual(inText.map((r) => r.row_id));
+    byVector.forEach((h, i) => expect(h.distance).toBeCloseTo(inText[i]!.distance, 12));
     await expect(search({ pool: app }, [1, Number.NaN], { tenant: 'acme' })).rejects.toMatchObject({ code: 'RG041' });
     await expect(search({ pool: app }, [1, 2, 3], { tenant: 'acme' })).rejects.toMatchObject({ code: 'RG041' });   // 3 dimensions, not 32
+    // what float4 cannot hold, and more dimensions than pgvector allows: refused before any statement
+    const refused = counting(app);
+    await expect(search({ pool: refused.pool }, [1, 1e39], { tenant: 'acme' }))
+      .rejects.toMatchObject({ code: 'RG041', message: expect.stringMatching(/element 1 of the vector \(1e\+39\) is not a finite float4/) });
+    await expect(search({ pool: refused.pool }, new Array<number>(16_001).fill(0.5), { tenant: 'acme' }))
+      .rejects.toMatchObject({ code: 'RG041', message: expect.stringMatching(/at most 16000 dimensions, not 16001/) });
+    expect(refused.counts).toEqual({ queries: 0, connects: 0 });
     await expect(search({ pool: app }, TEXTS[0]!, { tenant: 'acme' })).rejects.toThrow(/no OpenAI client/);
   });
 
