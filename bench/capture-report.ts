@@ -15,8 +15,13 @@ export const WARMUP = 10;
 export const BULK_ROWS = 1_000;
 export const COPY_ROWS = 10_000;
 export const CLIENTS = 4;
-/** The 1,000-row UPDATE of body before issue 13's change log: +8.2 ms p50 added (bench/RESULTS.md section F, commit a02e1d6). */
-export const TODAY_BULK_ADDED_MS = 8.2;
+/**
+ * The 1,000-row UPDATE of body before issue 13's change log, as a share of the pgai-style trigger's
+ * added time in the same run (so that it carries from one machine to another): this benchmark run
+ * on the schema of commit a02e1d6 (statement-level capture) on 2026-12-02, on the machine of the
+ * figures in bench/RESULTS.md, gave +8.61 ms against +19.0 ms.
+ */
+export const TODAY_BULK_SHARE_OF_PGAI = 0.45;
 /**
  * "At most a plain row trigger": both add a few µs at p50, so the comparison allows this much (ms)
  * of noise; a change of the p50 by less does not show reliably between runs here.
@@ -206,12 +211,14 @@ export function captureTargets(results: Measured[], mix: Mix[], exactness: Exact
     met: b <= a * SAME.factor || b - a <= SAME.ms,
   });
   const bulk = find('update-body-bulk')!;
+  const bulkShare = added(bulk, 'captured') / Math.max(added(bulk, 'pgai'), 0.001);
   out.push({
-    name: `${bulk.kind.label}: p50 added time, pgregen, against before the change log (+${TODAY_BULK_ADDED_MS} ms, an earlier run: ` +
-      'bench/RESULTS.md F at commit a02e1d6)',
-    measured: `${plus(added(bulk, 'captured'))} ms` + (bulk.deferred.perCall.length ? ` (and ${fmtMs(median(bulk.deferred.perCall))} ms deferred)` : ''),
-    target: `≤ +${TODAY_BULK_ADDED_MS} ms`,
-    met: added(bulk, 'captured') <= TODAY_BULK_ADDED_MS,
+    name: `${bulk.kind.label}: p50 added time, pgregen / pgai-style, against the same before the change log ` +
+      `(${x(TODAY_BULK_SHARE_OF_PGAI)}: this benchmark on the schema of commit a02e1d6, same machine)`,
+    measured: `${x(bulkShare)} (${plus(added(bulk, 'captured'))} ms against ${plus(added(bulk, 'pgai'))} ms)` +
+      (bulk.deferred.perCall.length ? `, and ${fmtMs(median(bulk.deferred.perCall))} ms deferred` : ''),
+    target: `≤ ${x(TODAY_BULK_SHARE_OF_PGAI)}`,
+    met: bulkShare <= TODAY_BULK_SHARE_OF_PGAI,
   });
   const tps = (role: Role) => median(mix.find((m) => m.role === role)!.tps);
   out.push({

@@ -21,7 +21,7 @@ const NAME = 'migration-load';
 const DIMENSIONS = 1536;
 const DOC_BYTES = 600;
 const EDITS_PER_SECOND = 50;
-const SIZES = { full: { docs: 8_000, baselineSeconds: 20 }, quick: { docs: 400, baselineSeconds: 5 } };
+const SIZES = { full: { docs: 24_000, baselineSeconds: 20 }, quick: { docs: 400, baselineSeconds: 5 } };
 const LATENCY_TARGET_MS = 100;
 const TABLES = ['mig_alone', 'mig_edited', 'mig_share0'] as const;
 

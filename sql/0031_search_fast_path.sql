@@ -11,7 +11,8 @@
 --   - search_tenant's scope query counted with DISTINCT and aggregated in order: three sorts for a
 --     handful of catalog rows. One version is now min = max, and a source appears once per version.
 -- Ties are now broken the same way in both modes (distance, source, row id, chunk number) before
--- the limit, not only after it.
+-- the limit, not only after it. What an application role may execute is a table now
+-- (regen._app_functions), which regen.grant_app reads.
 --
 -- Error codes of this file: none new (RG041 as before, from regen._search).
 
@@ -141,28 +142,36 @@ begin
 end
 $$;
 
--- The application role executes the functions its search inlines (PostgreSQL inlines a SQL function
--- only for a caller that may execute it); as in sql/0028_search_rows.sql, with the two above.
+-- What an application role may execute, as data: a migration that adds a function to the search
+-- inserts its name here instead of redefining regen.grant_app (sql/0028_search_rows.sql kept the
+-- list in its body). The role executes the SQL functions its search inlines too: PostgreSQL inlines
+-- a SQL function only for a caller that may execute it.
+create table regen._app_functions (
+  name name primary key
+);
+comment on table regen._app_functions is
+  'Functions of schema regen (every signature of each name) that regen.grant_app lets an application role execute';
+insert into regen._app_functions (name) values
+  ('search_scoped'), ('search_rows'), ('search_tenant'), ('search_input'), ('set_tenant'), ('current_tenant'),
+  ('_search'), ('_exact_hits'), ('_exact_chunks'), ('_exact_rows'), ('_search_scope'), ('_search_setting'),
+  ('_transaction_marker'), ('_policy_tenant'), ('preprocess');
+
 create or replace function regen.grant_app(role regrole)
 returns void
 language plpgsql volatile
 as $$
 declare
-  v_search text := (select string_agg(p.oid::regprocedure::text, ', ') from pg_proc p
-                    where p.pronamespace = 'regen'::regnamespace
-                      and p.proname in ('search_scoped', 'search_rows', 'search_tenant', '_search', '_exact_hits',
-                                        '_exact_chunks', '_exact_rows'));
+  v_functions text := (select string_agg(p.oid::regprocedure::text, ', ' order by p.oid) from pg_proc p
+                       where p.pronamespace = 'regen'::regnamespace
+                         and p.proname in (select f.name from regen._app_functions f));
 begin
   perform regen._check_grantee(role);
   perform regen._grant_vector_usage(role);
   execute format('grant usage on schema regen to %s', role);
-  -- search_scoped runs as the caller: it reads the store (under row-level security) and the catalog
+  -- the search runs as the caller: it reads the store (under row-level security) and the catalog
   execute format('grant select on regen._embeddings, regen._sources, regen._versions, regen._source_versions to %s', role);
   execute format('grant select on regen.versions, regen.sources, regen.embedding_gap, regen._moved_rows to %s', role);
-  execute format('grant execute on function %s, '
-                 'regen.search_input(text, text[], text), regen.set_tenant(text), regen.current_tenant(), '
-                 'regen._transaction_marker(), regen._policy_tenant(), regen._search_scope(text[], text), '
-                 'regen._search_setting(text, integer, integer, integer), regen.preprocess(text, jsonb) to %s', v_search, role);
+  execute format('grant execute on function %s to %s', v_functions, role);
 end
 $$;
 

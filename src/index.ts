@@ -16,6 +16,7 @@ export {
 } from './store.ts';
 export { adopt, type Adoption, type AdoptOptions } from './adopt.ts';
 export { search, type SearchContext, type SearchHit, type SearchOptions } from './search.ts';
+export { vectorBinary } from './vector-binary.ts';
 export { tenantIndexes, type TenantIndexOptions, type TenantIndexStep } from './tenant-indexes.ts';
 export { cutover, retire, rollback, startMigration, type FlipOptions, type RetireResult, type StartResult } from './migrate.ts';
 export {

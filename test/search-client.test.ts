@@ -8,6 +8,7 @@ import pg from 'pg';
 import pgvector from 'pgvector';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { search } from '../src/search.ts';
+import { vectorBinary } from '../src/vector-binary.ts';
 import { startEmbeddingServer, type EmbeddingServer } from '../src/provider-server.ts';
 import type { RunningWorker } from '../src/worker/run.ts';
 import { freshDatabase, keepOnFailure, type TestDatabase } from './support/db.ts';
@@ -129,6 +130,10 @@ describe('search()', () => {
     byVector.forEach((h, i) => expect(h.distance).toBeCloseTo(inText[i]!.distance, 12));
     await expect(search({ pool: app }, [1, Number.NaN], { tenant: 'acme' })).rejects.toMatchObject({ code: 'RG041' });
     await expect(search({ pool: app }, [1, 2, 3], { tenant: 'acme' })).rejects.toMatchObject({ code: 'RG041' });   // 3 dimensions, not 32
+    // vectorBinary is pgvector's wire format: the server reads the same vector as from its text
+    const sample = [0.1, -2.5, 3e-7, 1e38, 0];
+    expect((await db.query(`select $1::vector = $2::vector as same, vector_dims($1::vector) as dims`,
+      [vectorBinary(sample), pgvector.toSql(sample)])).rows).toEqual([{ same: true, dims: 5 }]);
     // what float4 cannot hold, and more dimensions than pgvector allows: refused before any statement
     const refused = counting(app);
     await expect(search({ pool: refused.pool }, [1, 1e39], { tenant: 'acme' }))
