@@ -144,7 +144,7 @@ $$;
 
 -- What an application role may execute, as data: a migration that adds a function to the search
 -- inserts its name here instead of redefining regen.grant_app (sql/0028_search_rows.sql kept the
--- list in its body). The role executes the SQL functions its search inlines too: PostgreSQL inlines
+-- list in its body), and regen._refresh_grants (below) gives it to the existing roles. The role executes the SQL functions its search inlines too: PostgreSQL inlines
 -- a SQL function only for a caller that may execute it.
 create table regen._app_functions (
   name name primary key
@@ -175,18 +175,44 @@ begin
 end
 $$;
 
-revoke execute on function regen._exact_chunks(vector, integer, integer, integer[], text, text, double precision),
-                           regen._exact_rows(vector, integer, integer, integer[], text, text, double precision) from public;
-
-do $$
+-- As in sql/0015_managed_postgres.sql, but application roles get all of grant_app again (it was
+-- their USAGE on pgvector's schema only): a function added to regen._app_functions reaches them at
+-- the next install, without a migration of its own granting it (the installer calls this after
+-- every run).
+create or replace function regen._refresh_grants()
+returns void
+language plpgsql volatile
+as $$
 declare
   v_role regrole;
+  v_hint text;
 begin
-  for v_role in select a.role_oid::regrole from regen._app_roles() a loop
-    perform regen.grant_app(v_role);
+  for v_role in
+    select distinct p.oid::regrole from pg_policy pol, unnest(pol.polroles) as p(oid)
+    where pol.polrelid = 'regen._embeddings'::regclass and pol.polname like 'admin\_%'
+      and exists (select 1 from pg_roles r where r.oid = p.oid)
+  loop
+    begin
+      perform regen.grant_admin(v_role);
+    exception when sqlstate 'RG044' then
+      get stacked diagnostics v_hint = pg_exception_hint;
+      raise warning 'admin role %: %', v_role, sqlerrm using hint = v_hint;
+    end;
   end loop;
+  for v_role in select a.role_oid::regrole from regen._app_roles() a loop
+    begin
+      perform regen.grant_app(v_role);
+    exception when sqlstate 'RG043' or sqlstate 'RG044' then
+      get stacked diagnostics v_hint = pg_exception_hint;
+      raise warning 'application role %: %', v_role, sqlerrm using hint = v_hint;
+    end;
+  end loop;
+  revoke execute on all functions in schema regen from public;
 end
 $$;
+comment on function regen._refresh_grants() is
+  'Grants admin roles what later migrations added, application roles all of regen.grant_app again, '
+  'and keeps every function from PUBLIC';
 
 select regen._refresh_grants();
 -- create or replace dropped search_tenant's search_path: pgvector's schema again
