@@ -6,8 +6,8 @@
 // the p99 during the rebuild within 100 ms of the p99 before it.
 //
 //   npm run bench -- --only edit-latency [--quick]
-import pg from 'pg';
 import { startEmbeddingServer } from '../src/provider-server.ts';
+import { startEditor } from './editor.ts';
 import {
   createDocs, documentText, fmtInt, goalsTable, headerLines, log, percentile, prng, registerDocs, sleep, startCluster,
   startWorkerProcess, table, waitForClosedGap, workerEnv, type BenchResult, type Goal,
@@ -42,54 +42,35 @@ export async function run(options: { quick: boolean }): Promise<BenchResult> {
       say(`embedding ${fmtInt(size.docs)} documents first`);
       await waitForClosedGap(client, { timeoutMs: 30 * 60_000, worker });
 
-      const editor = new pg.Client({ connectionString: url, application_name: 'pgregen bench editor' });
-      await editor.connect();
-      try {
-        await editor.query({ name: 'edit', text: 'update docs set body = $2 || substr(body, length($2) + 1) where id = $1', values: [1, 'warm'] });
-        const edit = async (i: number) => {
-          const t = performance.now();
-          await editor.query({ name: 'edit', text: 'update docs set body = $2 || substr(body, length($2) + 1) where id = $1',
-            values: [1 + Math.floor(random() * size.docs), `edit ${i}: `] });
-          return performance.now() - t;
-        };
-        // a steady rate: each edit starts at its slot, whatever the one before took
-        const editFor = async (until: () => boolean, label: string): Promise<Phase> => {
-          const samples: number[] = [];
-          const t0 = performance.now();
-          for (let i = 0; until(); i++) {
-            const slot = t0 + (i * 1000) / EDITS_PER_SECOND;
-            const wait = slot - performance.now();
-            if (wait > 0) await sleep(wait);
-            samples.push(await edit(i));
-          }
-          return { label, samples, seconds: (performance.now() - t0) / 1000 };
-        };
+      // the editor, a process of its own: edits at a steady rate from start() until stop()
+      const editFor = async (until: () => boolean, label: string): Promise<Phase> => {
+        const editor = await startEditor({ url, table: 'docs', rows: size.docs, perSecond: EDITS_PER_SECOND, seed: 13 });
+        while (until()) await sleep(20);
+        return { label, ...(await editor.stop()) };
+      };
 
-        say(`before: ${size.baselineSeconds} s of ${EDITS_PER_SECOND} edits/s with the source embedded`);
-        const baselineEnd = performance.now() + size.baselineSeconds * 1000;
-        const before = await editFor(() => performance.now() < baselineEnd, 'before the rebuild (the source embedded; the edits\' own fresh jobs only)');
-        await waitForClosedGap(client, { timeoutMs: 5 * 60_000, worker });
+      say(`before: ${size.baselineSeconds} s of ${EDITS_PER_SECOND} edits/s with the source embedded`);
+      const baselineEnd = performance.now() + size.baselineSeconds * 1000;
+      const before = await editFor(() => performance.now() < baselineEnd, 'before the rebuild (the source embedded; the edits\' own fresh jobs only)');
+      await waitForClosedGap(client, { timeoutMs: 5 * 60_000, worker });
 
-        say(`during: regen.rebuild(force => true) of ${fmtInt(size.docs)} documents, ${EDITS_PER_SECOND} edits/s until it is done`);
-        const rebuildStart = performance.now();
-        await client.query('select * from regen.rebuild(force => true)');
-        let done = false;
-        const closed = (async () => {
-          // forced items are current already: the rebuild is done when the version's queue is empty
-          for (;;) {
-            const { rows: [q] } = await client.query<{ n: string }>(`select coalesce(sum(jobs), 0) as n from regen.queue_depth()`);
-            if (Number(q!.n) === 0) break;
-            await sleep(250);
-          }
-          rebuildSeconds = (performance.now() - rebuildStart) / 1000;
-          done = true;
-        })();
-        const during = await editFor(() => !done, 'during the forced rebuild of every row');
-        await closed;
-        phases = [before, during];
-      } finally {
-        await editor.end();
-      }
+      say(`during: regen.rebuild(force => true) of ${fmtInt(size.docs)} documents, ${EDITS_PER_SECOND} edits/s until it is done`);
+      const rebuildStart = performance.now();
+      await client.query('select * from regen.rebuild(force => true)');
+      let done = false;
+      const closed = (async () => {
+        // forced items are current already: the rebuild is done when the version's queue is empty
+        for (;;) {
+          const { rows: [q] } = await client.query<{ n: string }>(`select coalesce(sum(jobs), 0) as n from regen.queue_depth()`);
+          if (Number(q!.n) === 0) break;
+          await sleep(250);
+        }
+        rebuildSeconds = (performance.now() - rebuildStart) / 1000;
+        done = true;
+      })();
+      const during = await editFor(() => !done, 'during the forced rebuild of every row');
+      await closed;
+      phases = [before, during];
     } finally {
       await worker.stop();
     }
@@ -117,7 +98,7 @@ export async function run(options: { quick: boolean }): Promise<BenchResult> {
       `one version of ${fmtInt(DIMENSIONS)} dimensions with its HNSW index in place; the local OpenAI-compatible server (hashed ` +
       'embedder, no added latency); one pgregen worker process with the default settings',
     `- edits: one autocommit \`UPDATE docs set body = ... where id = $1\` at a time, on random rows, started every ${1000 / EDITS_PER_SECOND} ms ` +
-      '(a steady rate: a slow edit does not delay the next slot), client-side wall time each',
+      '(a steady rate: a slow edit does not delay the next slot), client-side wall time each, from a process of its own (bench/editor.ts)',
     `- before: ${size.baselineSeconds} s with every row embedded, the worker embedding only the edits' fresh jobs; during: from ` +
       `\`regen.rebuild(force => true)\` of all ${fmtInt(size.docs)} rows until the queue was empty (${rebuildSeconds.toFixed(0)} s)`,
     '',

@@ -12,6 +12,7 @@
 //   npm run bench -- --only migration-load [--quick]
 import pg from 'pg';
 import { startEmbeddingServer } from '../src/provider-server.ts';
+import { startEditor } from './editor.ts';
 import {
   documentText, fmtInt, goalsTable, headerLines, log, percentile, prng, sleep, startCluster,
   startWorkerProcess, table, workerEnv, type BenchResult, type Goal, type WorkerProcess,
@@ -144,7 +145,7 @@ export async function run(options: { quick: boolean }): Promise<BenchResult> {
       'the local OpenAI-compatible server (hashed embedder, no added latency); one pgregen worker process with the default settings ' +
       '(REGEN_JOBS_PER_FETCH 8, REGEN_CONCURRENCY 4, REGEN_ENQUEUE_INTERVAL_MS 250), restarted with REGEN_BACKFILL_SHARE=0 for the last run',
     `- edits: one autocommit \`UPDATE <table> set body = ... where id = $1\` at a time, on random rows of the table being migrated, ` +
-      `started every ${1000 / EDITS_PER_SECOND} ms (a steady rate), client-side wall time each; each edit is a fresh edit of both versions`,
+      `started every ${1000 / EDITS_PER_SECOND} ms (a steady rate), client-side wall time each, from a process of its own (bench/editor.ts); each edit is a fresh edit of both versions`,
     '- a migration ends when the new version has no missing or outdated row of its table left (the edits keep making rows stale, ' +
       'which their own fresh jobs settle), the comparison run at the latest at twice the time of the default\'s; throughput = rows ' +
       'done / seconds from `start_migration` to then; jobs worked: the jobs (of both versions) that the worker started meanwhile ' +
@@ -201,27 +202,12 @@ async function waitForBacklog(client: pg.Client, source: string, version: string
 
 /** Edits random rows of `table` at a steady rate until `until()` says stop (or for `ms`). */
 async function editFor(url: string, name: string, rows: number, until: number | (() => boolean), label: string): Promise<Phase> {
-  const editor = new pg.Client({ connectionString: url, application_name: 'pgregen bench editor' });
-  await editor.connect();
-  const random = prng(7);
-  const text = `update ${name} set body = $2 || substr(body, length($2) + 1) where id = $1`;
+  const editor = await startEditor({ url, table: name, rows, perSecond: EDITS_PER_SECOND, seed: 7 });
   const end = typeof until === 'number' ? performance.now() + until : 0;
   const going = typeof until === 'number' ? () => performance.now() < end : until;
-  const samples: number[] = [];
-  try {
-    await editor.query({ name: 'edit', text, values: [1, 'warm '] });
-    const t0 = performance.now();
-    for (let i = 0; going(); i++) {
-      const wait = t0 + (i * 1000) / EDITS_PER_SECOND - performance.now();
-      if (wait > 0) await sleep(wait);
-      const t = performance.now();
-      await editor.query({ name: 'edit', text, values: [1 + Math.floor(random() * rows), `edit ${i}: `] });
-      samples.push(performance.now() - t);
-    }
-    return { label, samples, seconds: (performance.now() - t0) / 1000 };
-  } finally {
-    await editor.end();
-  }
+  while (going()) await sleep(20);
+  const { samples, seconds } = await editor.stop();
+  return { label, samples, seconds };
 }
 
 async function migrate(client: pg.Client, url: string, worker: WorkerProcess, name: string, rows: number, edits: boolean,
