@@ -59,7 +59,7 @@ export async function run(options: BenchOptions): Promise<BenchReport> {
       const ctx: Context = { client, url: scratch.url, changeLog: await hasChangeLog(client), copyFrom, exactness, log };
       small = await buildSet(client, size.rows, '', log);
       capture = `${ctx.changeLog ? 'change log (regen.apply_changes() exists)' : 'statement-level capture (no regen.apply_changes() in this schema)'}; ` +
-        `triggers on docs_captured: ${(await rowTriggers(client, 'docs_captured')).join(', ')}`;
+        `triggers on docs_captured: ${(await rowTriggers(client, 'docs_captured')).join(', ')}; ${await exceptionBlocks(client)}`;
       await client.query('set synchronous_commit = off');
       settings = (await client.query<{ s: string }>(
         `select string_agg(name || ' = ' || current_setting(name), ', ' order by name) as s from pg_settings
@@ -382,4 +382,15 @@ async function loadCopyFrom(): Promise<CopyFrom> {
   const from = module.from ?? module.default?.from;
   check(from !== undefined, 'pg-copy-streams has no export `from`');
   return from;
+}
+
+/** Whether the generated capture function catches its expressions' errors (an exception block: a subtransaction). */
+async function exceptionBlocks(client: pg.Client): Promise<string> {
+  const { rows: [row] } = await client.query<{ def: string | null }>(
+    `select pg_get_functiondef(p.oid) as def from pg_proc p
+      where p.pronamespace = 'regen'::regnamespace and p.proname = 'tg_docs__capture'`);
+  if (!row?.def) return 'capture function regen.tg_docs__capture not found';
+  const blocks = row.def.match(/exception when others/g)?.length ?? 0;
+  return blocks === 0 ? 'the capture function has no exception block (its expressions cannot raise)'
+    : `the capture function has ${blocks} exception block(s) (a subtransaction per row or statement)`;
 }
