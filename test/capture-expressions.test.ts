@@ -119,7 +119,7 @@ describe('the row trigger\'s expressions, direct or by query', () => {
     await db.query(`create table notes_types (id int primary key, tenant text, w util.word, m util.mood, n numeric, title text)`);
     const cannotRaise = async (over: Record<string, string | number | null>) => {
       const { rows: [{ ok }] } = await db.query(`select regen._capture_cannot_raise(jsonb_populate_record(so, $2::jsonb)) as ok
-                                                  from regen._sources so where so.name = $1`, [source(SHAPES[0]), JSON.stringify(over)]);
+                                                  from regen._sources so where so.name = $1`, [source(SHAPES[0]!), JSON.stringify(over)]);
       return ok as boolean;
     };
     const on = (content: string, extra: Record<string, string | null> = {}) => cannotRaise({ content_expression: content, ...extra });
