@@ -2,11 +2,11 @@
 // PostgreSQL writes them back as the same expression, else with its query per row. Either way an
 // UPDATE logs exactly what the set-based capture (an INSERT's) computes for the same row: the
 // tenant, the priority, the hash of the text, whether the row is in the source; and a row whose
-// expression raises is logged as failed while the application's statement goes through. Where no
-// expression can raise (sql/0033, regen._capture_cannot_raise), the capture has no exception block.
+// expression raises is logged as failed while the application's statement goes through, also after
+// a column the expressions read is renamed.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { freshDatabase, keepOnFailure, type TestDatabase } from './support/db.ts';
-import { sha256 } from './support/fixtures.ts';
+import { embedRows, sha256 } from './support/fixtures.ts';
 
 const db: TestDatabase = await freshDatabase('capture_expr');
 keepOnFailure(db);
@@ -18,22 +18,16 @@ interface Shape {
   filter?: string;
   /** Whether the row trigger evaluates it directly (else: its query per row). */
   direct: boolean;
-  /** Whether no expression can raise on any row (then the capture needs no exception block). */
-  safe: boolean;
 }
 
 // One table per shape: notes_<name> (id, tenant, title, body, views, flag)
 const SHAPES: Shape[] = [
-  { name: 'plain', content: `title || E'\\n\\n' || coalesce(body, '')`, priority: 'views', filter: 'flag', direct: true, safe: true },
-  // int4 multiplication can overflow
-  { name: 'qualified', content: `notes_qualified.title || ' / ' || notes_qualified.body`, priority: 'notes_qualified.views * 2', direct: true, safe: false },
+  { name: 'plain', content: `title || E'\\n\\n' || coalesce(body, '')`, priority: 'views', filter: 'flag', direct: true },
+  { name: 'qualified', content: `notes_qualified.title || ' / ' || notes_qualified.body`, priority: 'notes_qualified.views * 2', direct: true },
   // the table's name followed by a dot inside a literal: written over `new` it would read back otherwise
-  { name: 'literal', content: `'notes_literal.' || title || body`, direct: false, safe: true },
-  { name: 'function', content: `util.shout(title) || body`, priority: 'length(body)', filter: `tenant <> 'b'`, direct: true, safe: false },
-  // -views can overflow (-2147483648)
-  { name: 'cast', content: `title || ' #' || views::text`, priority: `case when flag then views else -views end`, direct: true, safe: false },
-  { name: 'safe_cast', content: `upper(title) || ' #' || views::text || ' ' || flag::text`, priority: `case when flag then length(body) else views end`,
-    filter: `views is not null and tenant = 'a'`, direct: true, safe: true },
+  { name: 'literal', content: `'notes_literal.' || title || body`, direct: false },
+  { name: 'function', content: `util.shout(title) || body`, priority: 'length(body)', filter: `tenant <> 'b'`, direct: true },
+  { name: 'cast', content: `title || ' #' || views::text`, priority: `case when flag then views else -views end`, direct: true },
 ];
 
 const table = (s: Shape) => `notes_${s.name}`;
@@ -84,8 +78,6 @@ describe('the row trigger\'s expressions, direct or by query', () => {
     it(`${s.name}: ${s.direct ? 'evaluated directly' : 'by its query'}, an UPDATE of each row logs what the set-based capture computes`, async () => {
       const { rows: [{ def }] } = await db.query(`select pg_get_functiondef(format('regen.%I', 'tg_' || $1 || '__capture')::regproc) as def`, [source(s)]);
       expect(/v_content := /.test(def)).toBe(s.direct);
-      // an exception block (a subtransaction per row) only where an expression can raise, or in the query per row
-      expect(/exception when others/.test(def)).toBe(!(s.safe && s.direct));
       // the text, the priority's column, the filter's column and nulls, all through the row trigger
       await db.query(`update ${table(s)} set title = title || ' (edited)', views = case when id % 13 = 0 then null else views + 1 end,
                         flag = not flag, body = case when id % 5 = 0 then null else body end`);
@@ -98,11 +90,7 @@ describe('the row trigger\'s expressions, direct or by query', () => {
   }
 
   for (const s of SHAPES) {
-    it(`${s.name}: an INSERT of many rows in one statement logs what the set-based capture computes (${s.safe ? 'no' : 'an'} exception block)`, async () => {
-      const { rows: [{ def }] } = await db.query(`select pg_get_functiondef(format('regen.%I', 'tg_' || $1 || '__capture')::regproc) as def`, [source(s)]);
-      const insertBranch = def.slice(def.indexOf(`tg_level = 'STATEMENT'`), def.indexOf(`tg_op = 'DELETE'`));
-      expect(insertBranch).toContain('insert into regen._changes');
-      expect(/exception when others/.test(insertBranch)).toBe(!s.safe);
+    it(`${s.name}: an INSERT of many rows in one statement logs what the set-based capture computes`, async () => {
       await db.query(`insert into ${table(s)} select g, case when g % 3 = 0 then 'b' else 'a' end, 'New ' || g,
                         case when g % 4 = 0 then null else 'Body ' || g end, case when g % 6 = 0 then null else g end, g % 5 = 0
                       from generate_series(41, 70) g`);
@@ -113,37 +101,48 @@ describe('the row trigger\'s expressions, direct or by query', () => {
     });
   }
 
-  it('regen._capture_cannot_raise: only built-in types and functions that return for any input', async () => {
-    await db.query(`create domain util.word as text check (value <> '')`);
-    await db.query(`create type util.mood as enum ('calm', 'busy')`);
-    await db.query(`create table notes_types (id int primary key, tenant text, w util.word, m util.mood, n numeric, title text)`);
-    const cannotRaise = async (over: Record<string, string | number | null>) => {
-      const { rows: [{ ok }] } = await db.query(`select regen._capture_cannot_raise(jsonb_populate_record(so, $2::jsonb)) as ok
-                                                  from regen._sources so where so.name = $1`, [source(SHAPES[0]!), JSON.stringify(over)]);
-      return ok as boolean;
-    };
-    const on = (content: string, extra: Record<string, string | null> = {}) => cannotRaise({ content_expression: content, ...extra });
-    expect(await on('title')).toBe(true);
-    expect(await on(`lower(btrim(title)) || coalesce(body, '') || views::text`)).toBe(true);
-    expect(await on('title', { priority_expression: 'length(body)', filter_expression: `flag and tenant <> 'b'` })).toBe(true);
-    // a division, a multiplication, a cast from text, a user's function, a pattern, a sub-query, a syntax error
-    expect(await on('title', { priority_expression: 'views / 2' })).toBe(false);
-    expect(await on('title', { priority_expression: 'views * 2' })).toBe(false);
-    expect(await on('title', { filter_expression: 'body' })).toBe(false);   // read as boolean: 'yes' or an error
-    expect(await on('util.shout(title)')).toBe(false);
-    expect(await on('title', { filter_expression: `title like 'T%'` })).toBe(false);
-    expect(await on(`(select 'x') || title`)).toBe(false);
-    expect(await on('title ||')).toBe(false);
-    // a domain (its check), a type of the user's (its output function), numeric to float8 (it can overflow)
-    const types = (await db.query(`select 'notes_types'::regclass::oid as oid`)).rows[0].oid;
-    expect(await cannotRaise({ relation: types, content_expression: 'title', priority_expression: null, filter_expression: null })).toBe(true);
-    expect(await cannotRaise({ relation: types, content_expression: 'w', priority_expression: null, filter_expression: null })).toBe(false);
-    expect(await cannotRaise({ relation: types, content_expression: `title || m::text`, priority_expression: null, filter_expression: null })).toBe(false);
-    expect(await cannotRaise({ relation: types, content_expression: 'title', priority_expression: 'n', filter_expression: null })).toBe(false);
-    // nothing is left behind: the view it reads the expressions from is gone
-    const { rows: views } = await db.query(`select relname from pg_class where relname like 'regen_capture_%'`);
-    expect(views).toEqual([]);
-    await db.query(`drop table notes_types`);
+  it('a column the content reads renamed: the application\'s writes go through, their rows logged as failed', async () => {
+    await db.query(`create table notes_renamed (id int primary key, tenant text not null, title text, body text, views int)`);
+    await db.query(`insert into notes_renamed select g, 'a', 'Title ' || g, 'Body ' || g, g from generate_series(1, 5) g`);
+    await db.query(`select regen.register_source('src_renamed', 'notes_renamed', 'id', $$title || ' ' || body$$, tenant_column => 'tenant',
+                      priority_expression => 'views', version => 'expr@1')`);
+    await db.query(`alter table notes_renamed rename column body to content`);
+    expect((await db.query(`update notes_renamed set content = 'edited' where id = 1`)).rowCount).toBe(1);
+    expect((await db.query(`update notes_renamed set views = 50 where id = 2`)).rowCount).toBe(1);
+    expect((await db.query(`insert into notes_renamed values (6, 'a', 'Six', 'new', 6), (7, 'a', 'Seven', 'new', 7)`)).rowCount).toBe(2);
+    expect((await db.query(`delete from notes_renamed where id = 3`)).rowCount).toBe(1);
+    const { rows } = await db.query(`select distinct on (c.row_id) c.row_id, c.present, c.error from regen._changes c
+                                      join regen._sources so on so.id = c.source_id where so.name = 'src_renamed'
+                                      order by c.row_id, c.seq desc`);
+    expect(rows.map((r) => [r.row_id, r.present, r.error === null ? null : /raised an error on this row: .*body/.test(r.error)])).toEqual([
+      ['1', true, true], ['2', true, true], ['3', false, null], ['6', true, true], ['7', true, true],
+    ]);
+    await db.query(`select regen.unregister_source('src_renamed')`);
+  });
+
+  it('renaming the id column with the source registered again in the same transaction: writes go through, the vectors come back from the cache', async () => {
+    await db.query(`create table notes_moved (id int primary key, tenant text not null, title text)`);
+    await db.query(`insert into notes_moved select g, 'a', 'Title ' || g from generate_series(1, 6) g`);
+    await db.query(`select regen.register_source('src_moved', 'notes_moved', 'id', 'title', tenant_column => 'tenant', version => 'expr@1')`);
+    const ids = ['1', '2', '3', '4', '5', '6'];
+    expect((await embedRows(db, ids, 'src_moved', 'expr@1')).inputs).toBe(6);
+    const client = await db.pool.connect();
+    try {
+      await client.query('begin');
+      await client.query(`select regen.unregister_source('src_moved')`);
+      await client.query(`alter table notes_moved rename column id to note_id`);
+      await client.query(`select regen.register_source('src_moved', 'notes_moved', 'note_id', 'title', tenant_column => 'tenant', version => 'expr@1')`);
+      await client.query('commit');
+    } finally {
+      client.release();
+    }
+    expect((await db.query(`update notes_moved set title = 'Edited' where note_id = 1`)).rowCount).toBe(1);
+    expect((await db.query(`delete from notes_moved where note_id = 2`)).rowCount).toBe(1);
+    // the four unchanged texts are cache hits: only the edited one reaches the provider
+    expect((await embedRows(db, ['1', '3', '4', '5', '6'], 'src_moved', 'expr@1')).inputs).toBe(1);
+    const { rows: [g] } = await db.query(`select expected::int, current::int from regen.embedding_gap where source = 'src_moved'`);
+    expect(g).toMatchObject({ expected: 5, current: 5 });
+    await db.query(`select regen.unregister_source('src_moved')`);
   });
 
   it('the literal keeps its text: the hash is that of the row\'s own words', async () => {
@@ -160,7 +159,6 @@ describe('the row trigger\'s expressions, direct or by query', () => {
                       priority_expression => '100 / (views - 5)', version => 'expr@1')`);
     const { rows: [{ def }] } = await db.query(`select pg_get_functiondef('regen.tg_src_raise__capture'::regproc) as def`);
     expect(def).toMatch(/v_content := /);
-    expect(def).toMatch(/exception when others/);   // a division can raise: the block stays
     const result = await db.query(`update notes_raise set views = views + 1 where id between 3 and 5`);   // id 4 reaches views = 5
     expect(result.rowCount).toBe(3);
     const { rows } = await db.query(`select c.row_id, c.present, c.tenant, c.priority, c.error from regen._changes c
