@@ -28,8 +28,29 @@ describe('the mirror column', () => {
   }
   const pending = async () => Number((await db.query(`select pending from regen.mirrors where source = 'kb'`)).rows[0]?.pending ?? 0);
   const mirrored = async () => {
-    await waitFor('the mirror to catch up', async () => (await pending()) === 0 && (await mismatches()) === 0, 60_000);
+    await step('the mirror to catch up', waitFor('the mirror to catch up', async () => (await pending()) === 0 && (await mismatches()) === 0, 30_000));
   };
+  /** What this database's sessions are doing: a timed-out step says so. */
+  async function activity(): Promise<string> {
+    const { rows } = await db.query<{ s: string }>(`
+      select format('%s %s %s/%s: %s', pid, state, coalesce(wait_event_type, 'CPU'), coalesce(wait_event, '-'), left(regexp_replace(query, '[[:space:]]+', ' ', 'g'), 160)) as s
+      from pg_stat_activity where datname = current_database() and pid <> pg_backend_pid() order by pid`);
+    return rows.map((r) => r.s).join('\n');
+  }
+  /** A step of a test that fails with the sessions' state, not the test's timeout, should it hang. */
+  async function step<T>(what: string, work: Promise<T>, timeoutMs = 30_000): Promise<T> {
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        void activity().then((a) => reject(new Error(`${what}: not done after ${timeoutMs} ms; the database's sessions:\n${a}`)), reject);
+      }, timeoutMs);
+    });
+    try {
+      return await Promise.race([work, timeout]);
+    } finally {
+      clearTimeout(timer);
+    }
+  }
 
   beforeAll(async () => {
     db = await freshDatabase('mirror');
@@ -87,11 +108,11 @@ describe('the mirror column', () => {
   it('follows a cutover and a rollback (zero provider calls), to vectors of another size', async () => {
     await db.query(`select regen.create_version('mirror@2', 'local-hash', 24, settings => '{"send_dimensions": true}')`);
     await db.query(`select regen.start_migration('kb', 'mirror@2')`);
-    await waitFor('mirror@2 to be built', async () => Number((await db.query(
-      `select current from regen.embedding_gap where source = 'kb' and version = 'mirror@2'`)).rows[0]?.current) === 120);
+    await step('mirror@2 to be built', waitFor('mirror@2 to be built', async () => Number((await db.query(
+      `select current from regen.embedding_gap where source = 'kb' and version = 'mirror@2'`)).rows[0]?.current) === 120, 30_000));
     // a building version's vectors are not mirrored
     expect((await db.query('select count(*)::int as n from kb where vector_dims(embedding) = 16')).rows[0].n).toBe(120);
-    await cutover(db.pool, 'kb', 'mirror@2');   // builds its HNSW index, then flips
+    await step('the cutover', cutover(db.pool, 'kb', 'mirror@2'));   // builds its HNSW index, then flips
     // while the worker rewrites all 120 mirrors, the application's updates of those rows never wait
     // on it for long: each one under a lock_timeout of 500 ms, none refused
     const app = new pg.Client({ connectionString: db.url });
@@ -99,9 +120,13 @@ describe('the mirror column', () => {
     try {
       await app.query(`set lock_timeout = '500ms'`);
       let updates = 0;
+      const deadline = Date.now() + 30_000;
       while ((await pending()) > 0 || updates < 40) {
         await app.query(`update kb set title = title || '' where id = $1`, [1 + (updates * 37) % 120]);
         updates++;
+        if (Date.now() > deadline) {
+          throw new Error(`${await pending()} mirrors still due after 30 s of updates; the database's sessions:\n${await activity()}`);
+        }
       }
       expect(updates).toBeGreaterThanOrEqual(40);
     } finally {
@@ -110,11 +135,11 @@ describe('the mirror column', () => {
     await mirrored();
     expect((await db.query('select count(*)::int as n from kb where vector_dims(embedding) = 24')).rows[0].n).toBe(120);
     server.resetStats();
-    await rollback(db.pool, 'kb');
+    await step('the rollback', rollback(db.pool, 'kb'));
     await mirrored();
     expect((await db.query('select count(*)::int as n from kb where vector_dims(embedding) = 16')).rows[0].n).toBe(120);
     expect(server.stats.inputs).toBe(0);
-  });
+  }, 120_000);
 
   it('never waits on the application: a row it holds locked stays due until it lets go', async () => {
     await worker.stop();
