@@ -391,6 +391,5 @@ async function exceptionBlocks(client: pg.Client): Promise<string> {
       where p.pronamespace = 'regen'::regnamespace and p.proname = 'tg_docs__capture'`);
   if (!row?.def) return 'capture function regen.tg_docs__capture not found';
   const blocks = row.def.match(/exception when others/g)?.length ?? 0;
-  return blocks === 0 ? 'the capture function has no exception block (its expressions cannot raise)'
-    : `the capture function has ${blocks} exception block(s) (a subtransaction per row or statement)`;
+  return `the capture function has ${blocks} exception block(s) (each a subtransaction, per row or per statement)`;
 }

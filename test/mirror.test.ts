@@ -28,7 +28,7 @@ describe('the mirror column', () => {
   }
   const pending = async () => Number((await db.query(`select pending from regen.mirrors where source = 'kb'`)).rows[0]?.pending ?? 0);
   const mirrored = async () => {
-    await step('the mirror to catch up', waitFor('the mirror to catch up', async () => (await pending()) === 0 && (await mismatches()) === 0, 30_000));
+    await step('the mirror to catch up', waitFor('the mirror to catch up', async () => (await pending()) === 0 && (await mismatches()) === 0));
   };
   /** What this database's sessions are doing: a timed-out step says so. */
   async function activity(): Promise<string> {
@@ -109,7 +109,7 @@ describe('the mirror column', () => {
     await db.query(`select regen.create_version('mirror@2', 'local-hash', 24, settings => '{"send_dimensions": true}')`);
     await db.query(`select regen.start_migration('kb', 'mirror@2')`);
     await step('mirror@2 to be built', waitFor('mirror@2 to be built', async () => Number((await db.query(
-      `select current from regen.embedding_gap where source = 'kb' and version = 'mirror@2'`)).rows[0]?.current) === 120, 30_000));
+      `select current from regen.embedding_gap where source = 'kb' and version = 'mirror@2'`)).rows[0]?.current) === 120));
     // a building version's vectors are not mirrored
     expect((await db.query('select count(*)::int as n from kb where vector_dims(embedding) = 16')).rows[0].n).toBe(120);
     await step('the cutover', cutover(db.pool, 'kb', 'mirror@2'));   // builds its HNSW index, then flips
