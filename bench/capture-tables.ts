@@ -279,9 +279,11 @@ export async function vacuum(client: pg.Client, set: DocSet): Promise<void> {
   const tables = ['plain', 'pgai', 'rowtrigger', 'captured'].map((r) => `docs_${r}${set.suffix}`);
   await client.query(`vacuum (analyze) ${tables.join(', ')}, ${set.pgaiQueue}, ${set.pgaiStore}`);
   await client.query('vacuum (analyze) regen._items, regen._embeddings, pgboss.job');
-  if (await client.query(`select to_regclass('regen._changes') is not null as ok`).then((r) => r.rows[0].ok)) {
-    await client.query('vacuum (analyze) regen._changes');
-  }
+  // the change log: the table regen._change_log since sql/0035 (regen._changes, a view of it, before
+  // that the table itself since sql/0020)
+  const { rows: [log] } = await client.query<{ t: string | null }>(
+    `select coalesce(to_regclass('regen._change_log'), to_regclass('regen._changes'))::text as t`);
+  if (log!.t !== null) await client.query(`vacuum (analyze) ${log!.t}`);
 }
 
 /**

@@ -16,7 +16,7 @@ async function reset(): Promise<void> {
   await db.query(`select regen.unregister_source(name) from regen._sources`);
   await db.query('drop table if exists articles');
   await db.query('delete from regen._versions');
-  await db.query('truncate regen._cache, regen._changes');
+  await db.query('truncate regen._cache, regen._change_log');
   await setupArticles(db);
   await embedRows(db, await allRowIds(db));
 }
