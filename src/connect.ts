@@ -3,11 +3,26 @@ import pg from 'pg';
 import type { Db } from './db.ts';
 import { PgregenError } from './errors.ts';
 
+/**
+ * A connection string as a URL. pg (like libpq) also takes `postgres://USER@/DATABASE?host=/run/postgresql`,
+ * a Unix socket with a user name, which a WHATWG URL refuses for its empty host: parsed here as pg
+ * parses it, with a placeholder host that the host parameter overrides.
+ */
+function parseUrl(url: string): URL {
+  try {
+    return new URL(url);
+  } catch (err) {
+    if (!/^[a-z]+:\/\/[^/]*@\//i.test(url)) throw err;
+    return new URL(url.replace('@/', '@localhost/'));
+  }
+}
+
 /** Where a connection string points, without the password. */
 export function describeUrl(url: string): string {
   try {
-    const u = new URL(url);
-    return `${u.hostname || 'localhost'}:${u.port || 5432}${u.pathname}`;
+    const u = parseUrl(url);
+    const host = u.searchParams.get('host') || u.hostname || 'localhost';
+    return `${host}:${u.searchParams.get('port') || u.port || 5432}${u.pathname}`;
   } catch {
     return 'the given database';
   }
@@ -33,7 +48,7 @@ export function checkUrl(url: string): void {
   }
   let parsed: URL;
   try {
-    parsed = new URL(url);
+    parsed = parseUrl(url);
   } catch {
     throw new PgregenError(`the database URL ${shown} is not a valid URL`,
       `${URL_FORM}; the port must be a number, and @ : / ? # % in the user name or password must be percent-encoded (@ as %40, / as %2F, # as %23)`);
@@ -49,7 +64,7 @@ export function connectionError(connectionString: string, err: unknown): Pgregen
   const message = (err as Error).message ?? String(err);
   if (/client password must be a (non-empty )?string/.test(message)) {
     let user = '';
-    try { user = decodeURIComponent(new URL(connectionString).username); } catch { /* described below anyway */ }
+    try { user = decodeURIComponent(parseUrl(connectionString).username); } catch { /* described below anyway */ }
     return new PgregenError(`the database at ${describeUrl(connectionString)} asks for a password${user ? ` for user ${user}` : ''}, and none was given`,
       'put it in the URL (postgres://USER:PASSWORD@HOST/DATABASE, percent-encoded), or set PGPASSWORD, or add it to ~/.pgpass',
       undefined, undefined, { cause: err });

@@ -285,6 +285,14 @@ describe('database URLs and passwords', () => {
     }
   });
 
+  it('a Unix-socket URL with a user name (USER@/DATABASE?host=DIR, as libpq takes it) is tried, not refused', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'pgregen-socket-'));   // no server listens there
+    const run = await pgregen(['status'], { DATABASE_URL: `postgresql://alice:s3cret@/app?host=${dir}&port=6543` });
+    expect(run.code).toBe(1);
+    expect(run.stderr).toMatch(new RegExp(`^pgregen: cannot connect to the database at ${dir}:6543/app: .*${dir}/\\.s\\.PGSQL\\.6543`));
+    expect(run.stderr).not.toMatch(/not a valid URL|s3cr/);
+  });
+
   it('a server asking for a password none was given for says so, and where to put it', async () => {
     const fake = await passwordServer();
     try {
