@@ -76,6 +76,41 @@ describe('the capture logs, the apply does the work', () => {
     expect(rows[0].content_hash).toEqual(sha256('Title 1\n\nedited twice 1'));   // the last change won
   });
 
+  it('a short text is logged as it is, a long one as its hash; both read as their sha256, pending and applied', async () => {
+    const short = 'a'.repeat(1790);   // 1,795 bytes with the title: logged as text
+    const long = 'é'.repeat(950);     // 950 characters but 1,905 bytes with the title: hashed
+    await db.query(`insert into articles (id, tenant, title, body) values (300, 'tenant_1', 'new', $1), (301, 'tenant_1', 'new', $2)`, [short, long]);
+    await db.query(`update articles set body = $1 where id = 1`, [long]);    // the row trigger
+    await db.query(`update articles set body = $1 where id = 2`, [short]);
+    const { rows: log } = await db.query(`select row_id, present, content is not null as text, content_hash is not null as hashed
+                                          from regen._change_log order by seq`);
+    expect(log).toEqual([
+      { row_id: '300', present: null, text: true, hashed: false },
+      { row_id: '301', present: null, text: false, hashed: true },
+      { row_id: '1', present: true, text: false, hashed: true },
+      { row_id: '2', present: true, text: true, hashed: false },
+    ]);
+    const { rows: read } = await db.query(`select row_id, present, content_hash from regen._changes order by seq`);
+    expect(read).toEqual([
+      { row_id: '300', present: true, content_hash: sha256(`new\n\n${short}`) },
+      { row_id: '301', present: true, content_hash: sha256(`new\n\n${long}`) },
+      { row_id: '1', present: true, content_hash: sha256(`Title 1\n\n${long}`) },
+      { row_id: '2', present: true, content_hash: sha256(`Title 2\n\n${short}`) },
+    ]);
+    const live = await liveGap();
+    expect(live).toMatchObject({ expected: 32, stale: 2, missing: 2 });
+    expect(await gap(db)).toMatchObject(live);
+    await applyChanges(db);
+    expect(await gap(db)).toMatchObject(live);
+    const { rows: items } = await db.query(`select row_id, content_hash from regen._items where row_id in ('300', '301', '1', '2') order by row_id`);
+    expect(items).toEqual([
+      { row_id: '1', content_hash: sha256(`Title 1\n\n${long}`) },
+      { row_id: '2', content_hash: sha256(`Title 2\n\n${short}`) },
+      { row_id: '300', content_hash: sha256(`new\n\n${short}`) },
+      { row_id: '301', content_hash: sha256(`new\n\n${long}`) },
+    ]);
+  });
+
   it('a deleted row, or one moved to another tenant, leaves search at once, before the apply', async () => {
     const stored = async (id: string) => (await db.query<{ v: string }>(
       `select embedding::text as v from regen._embeddings where row_id = $1`, [id])).rows[0]!.v;
