@@ -89,6 +89,13 @@ describe('recovery', () => {
       restoredPool = new pg.Pool({ connectionString: url.toString(), max: 4 });
       restoredPool.on('error', () => {});   // the drop below ends connections that pool.end() has let go
 
+      // the capture function names the old table's oid (a restore gives every table a new one)
+      const capture = async () => (await restoredPool!.query(`
+        select pg_get_functiondef('regen.tg_articles__capture'::regproc) like '%tg_relid <> ' || s.relation::oid || '::oid%' as names_the_table,
+               s.captured_relation = s.relation::oid as recorded
+        from regen._sources s where s.name = 'articles'`)).rows[0];
+      expect(await capture()).toEqual({ names_the_table: false, recorded: false });
+
       // the gap claims no vector: every row is missing, none current (judged against the empty store)
       expect(await vectors(restoredPool)).toBe(0);
       expect(await gapRow(restoredPool)).toMatchObject({ expected: ROWS, current: 0, missing: ROWS, store_verified: false });
@@ -103,6 +110,13 @@ describe('recovery', () => {
       restoredWorker = await inProcessWorker(workerEnv(url.toString(), server));
       await waitForClosedGap(restoredPool, 'articles');
       expect(await gapRow(restoredPool)).toMatchObject({ expected: ROWS, current: ROWS, missing: 0, store_verified: true });
+      // the worker's apply generated it again for the restored table
+      expect(await capture()).toEqual({ names_the_table: true, recorded: true });
+      await restoredWorker.stop();   // (so that no apply empties the log before it is read)
+      restoredWorker = undefined;
+      await restoredPool.query(`update articles set body = 'restored and edited' where id = 1`);
+      const { rows: [logged] } = await restoredPool.query(`select count(*)::int as n from regen._changes where row_id = '1'`);
+      expect(logged.n).toBe(1);
       expect(await vectors(restoredPool)).toBe(ROWS);
       expect(server.stats.inputs - before).toBe(ROWS);   // each text embedded once
       await assertStoreConsistent(restoredPool);
