@@ -54,7 +54,9 @@ comment on column regen._change_log.content_hash is 'sha256 of the text to embed
 comment on column regen._change_log.content is 'The text to embed after the change, when up to 1,800 bytes (its hash is then computed where it is read)';
 
 create view regen._changes as
-  -- (one relation in FROM, so that deletes go through to the table)
+  -- (one relation in FROM, so that deletes go through to the table, and no function of regen:
+  -- application roles read it through regen._moved_rows, and execute only what grant_app gives;
+  -- hence present spelled out three times)
   select l.ctid as ctid, l.seq, l.source_id, l.row_id,
          coalesce(l.present, l.content is not null or l.content_hash is not null) as present,
          case when coalesce(l.present, l.content is not null or l.content_hash is not null) then l.tenant end as tenant,
@@ -339,6 +341,10 @@ declare
   v regen._sources;
   v_n integer := 0;
 begin
+  if not exists (select 1 from regen._sources s where s.captured_relation is distinct from s.relation::oid
+                                               and exists (select 1 from pg_class c where c.oid = s.relation)) then
+    return 0;   -- the common case: nothing restored, no lock taken
+  end if;
   -- one at a time (two replacing the same function at once would fail): the second finds it done
   perform pg_advisory_xact_lock(hashtext('regen._refresh_capture'));
   for v in select * from regen._sources s
@@ -353,7 +359,7 @@ end
 $$;
 comment on function regen._refresh_capture() is
   'Generates the capture function again of every source whose table is not the one it was generated for (after a '
-  'restore, which gives every table a new oid); returns how many. regen.apply_changes() calls it when needed';
+  'restore, which gives every table a new oid); returns how many. regen.apply_changes() calls it first';
 
 -- apply_changes of sql/0020_change_log.sql, refreshing the capture functions first when a restore
 -- left them naming the old tables.
@@ -368,10 +374,7 @@ begin
   if max_rows is null or max_rows < 1 then
     raise exception 'max_rows must be a positive integer, not %', coalesce(max_rows::text, 'NULL') using errcode = 'RG003';
   end if;
-  if exists (select 1 from regen._sources s where s.captured_relation is distinct from s.relation::oid
-                                               and exists (select 1 from pg_class c where c.oid = s.relation)) then
-    perform regen._refresh_capture();
-  end if;
+  perform regen._refresh_capture();
   for v_source in select distinct c.source_id from regen._changes c order by 1 loop
     exit when v_applied >= max_rows;
     -- a source another applier is working on is skipped: its changes are taken care of
