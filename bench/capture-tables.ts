@@ -197,6 +197,14 @@ export async function hasChangeLog(client: pg.Client): Promise<boolean> {
 }
 
 /**
+ * Whether the capture leaves fresh edits for regen.enqueue_fresh() (sql/0017) to enqueue; before
+ * it (the schema issue 13 was filed against) the capture enqueued its jobs in the statement.
+ */
+export async function hasEnqueueFresh(client: pg.Client): Promise<boolean> {
+  return (await client.query<{ ok: boolean }>(`select to_regproc('regen.enqueue_fresh') is not null as ok`)).rows[0]!.ok;
+}
+
+/**
  * regen.apply_changes() when the schema has it, called until the log is empty (it takes a bounded
  * number per call): the changes applied and the ms the calls took (undefined without it).
  */
