@@ -20,14 +20,15 @@ export const CLIENTS = 4;
  * 13 was filed against (commit ad8351c), as a share of the pgai-style trigger's added time in the
  * same run (so that it carries from one machine to another). This benchmark on that schema, on the
  * machine of the figures in bench/RESULTS.md, 2026-12-03: +60.6 ms against +96.3 ms, 0.63x. To run
- * it again: `git worktree add <dir> ad8351c`, copy this bench/ directory into it, `npm run bench --
- * --only capture-overhead` there (a schema without regen.enqueue_fresh enqueues in the statement).
+ * it again: `git worktree add <dir> ad8351c`, copy this bench/ directory into it, install the
+ * dependencies there (`npm ci`) and run `npm run bench -- --only capture-overhead` (a schema without
+ * regen.enqueue_fresh enqueues in the statement, so the count of its jobs is not checked).
  */
 export const TODAY_BULK_SHARE_OF_PGAI = 0.63;
 /**
  * The same on the statement-level capture of sql/0017 (commit a02e1d6), the fastest bulk capture
  * this project has had, same machine and day: +22.5 ms against +83.8 ms. Reported, not a target:
- * its single-row statements cost 3x to 16x the pgai-style trigger's.
+ * its single-row statements cost about 3x to 16x the pgai-style trigger's.
  */
 export const STATEMENT_LEVEL_BULK_SHARE_OF_PGAI = 0.27;
 /**
