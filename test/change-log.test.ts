@@ -246,6 +246,54 @@ describe('the capture logs, the apply does the work', () => {
     expect(await gap(db)).toMatchObject(live);
   });
 
+  it('a text that changes and comes back while a job works on its row is enqueued again once that job is done', async () => {
+    // rows 1-3 edited: row 1 and 2 in a fresh job that a worker has taken, row 3 in one not yet taken
+    const jobOf = async (id: string) => (await db.query(`select queue_job as job from regen._items where row_id = $1`, [id])).rows[0].job;
+    await db.query(`update articles set body = 'new ' || id where id <= 2`);
+    expect(Number((await db.query('select regen.enqueue_fresh() as n')).rows[0].n)).toBe(2);
+    await db.query(`update articles set body = 'new ' || id where id = 3`);
+    expect(Number((await db.query('select regen.enqueue_fresh() as n')).rows[0].n)).toBe(1);
+    const [taken, waiting] = [await jobOf('1'), await jobOf('3')];
+    expect(await jobOf('2')).toBe(taken);
+    expect(waiting).not.toBe(taken);
+    await db.query(`update pgboss.job set state = 'active', started_on = now() where id = $1`, [taken]);
+
+    // row 1: its prepare sees a new text logged, and leaves the row to the applier
+    await db.query(`update articles set body = 'newer 1' where id = 1`);
+    const inputs = await prepareInputs(db, 'articles', 'test@1', ['1', '2'], { jobId: taken });
+    expect([...new Set(inputs.map((i) => i.rowId))]).toEqual(['2']);
+    // row 2: prepared, then a new text logged: its write is refused as stale
+    await db.query(`update articles set body = 'newer 2' where id = 2`);
+    const written = await writeEmbeddings(db, 'articles', 'test@1', inputs.map((i) => ({
+      rowId: i.rowId, chunkNo: i.chunkNo, contentHash: i.contentHash, embedding: vectorOf(i.input ?? '') })));
+    expect(written.map((w) => w.kind)).toEqual(['stale']);
+    // all three come back to the text their items record, before any apply
+    await db.query(`update articles set body = 'newer 3' where id = 3`);
+    await db.query(`update articles set body = 'new ' || id where id <= 3`);
+    await db.query(`update pgboss.job set state = 'completed' where id = $1`, [taken]);
+    await applyChanges(db);
+
+    const { rows } = await db.query(`select row_id, fresh, embedded_hash = content_hash as current from regen._items
+                                      where row_id in ('1', '2', '3') order by row_id`);
+    expect(rows).toEqual([{ row_id: '1', fresh: true, current: false }, { row_id: '2', fresh: true, current: false },
+                          { row_id: '3', fresh: false, current: false }]);
+    expect(await jobOf('3')).toBe(waiting);   // its job, not yet taken, reads it as it is now
+    expect(Number((await db.query('select regen.enqueue_fresh() as n')).rows[0].n)).toBe(2);
+    const again = await jobOf('1');
+    expect(again).not.toBe(taken);
+    expect(await jobOf('2')).toBe(again);
+    // the two jobs embed the three rows: the gap closes
+    for (const [job, ids] of [[again, ['1', '2']], [waiting, ['3']]] as const) {
+      const prepared = await prepareInputs(db, 'articles', 'test@1', [...ids], { jobId: job });
+      expect([...new Set(prepared.map((i) => i.rowId))]).toEqual(ids);
+      await writeEmbeddings(db, 'articles', 'test@1', prepared.map((i) => ({
+        rowId: i.rowId, chunkNo: i.chunkNo, contentHash: i.contentHash, embedding: vectorOf(i.input ?? '') })));
+    }
+    const live = await liveGap();
+    expect(live).toMatchObject({ expected: 30, current: 30 });
+    expect(await gap(db)).toMatchObject(live);
+  });
+
   it('a partitioned source: its partitions fire the capture', async () => {
     await db.query(`create table parted (id int primary key, body text not null) partition by range (id)`);
     await db.query(`create table parted_1 partition of parted for values from (0) to (100)`);
