@@ -237,6 +237,7 @@ describe('pgvector in schema extensions, installed and run by a database owner t
       { fn: 'regen._exact_rows(extensions.vector,integer,integer,integer[],text,text,double precision)', names: '<#>, <=>' },
       { fn: 'regen._hnsw_expression(integer)', names: 'halfvec, vector' },        // type names looked up by oid, printed for the caller's session
       { fn: 'regen._pin_search_paths()', names: 'vector' },
+      { fn: 'regen._small_scope(text,integer,text[],text)', names: 'inner_product' },   // a setting's value; inlined into regen.search_tenant
       { fn: 'regen._vector_schema()', names: 'vector' },
       { fn: 'regen._version_settings(jsonb,integer,text)', names: 'halfvec, inner_product' },   // a message; a setting's value
       { fn: 'regen.cutover(text,text,double precision,boolean,text)', names: 'vector' },        // in a message

@@ -203,4 +203,42 @@ describe('search_rows: each row once, at its best chunk', () => {
     await expect(app.pool.query(`select * from regen.search_tenant('r1', $1::vector, per_row => null)`, [vectorText(query)]))
       .rejects.toMatchObject({ code: 'RG041' });
   });
+
+  it('search_tenant answers as search_scoped and search_rows on its one-statement path and off it, also when nothing is found', async () => {
+    const tenant = async (t: string, query: number[], k: number, extra: { sources?: string[] | null; maxDistance?: number | null; perRow?: boolean } = {}) =>
+      (await app.pool.query<Hit & { version_searched: string }>(
+        `select source, row_id, chunk_no, distance, version_searched from regen.search_tenant($1, $2::vector, $3, $4::text[], null, $5::float8, $6)`,
+        [t, vectorText(query), k, extra.sources ?? null, extra.maxDistance ?? null, extra.perRow ?? false])).rows
+        .map(({ version_searched, ...hit }) => { expect(version_searched).toBe(VERSION); return hit; });
+    // r1, r10 and r100 (with its notes) hold at most 1,000 vectors: one statement; r1k and r10k hold more
+    for (const t of Object.keys(TENANTS)) {
+      const query = randomQuery();
+      expect(await tenant(t, query, 7), t).toEqual((await searchAs(app.pool, t, query, { k: 7 })).hits);
+      expect(await tenant(t, query, 7, { perRow: true }), t).toEqual((await searchRows(t, query, 7)).hits);
+      for (const sources of [['notes'], ['handbooks', 'handbooks']]) {
+        expect(await tenant(t, query, 5, { sources }), `${t} ${sources}`).toEqual((await searchAs(app.pool, t, query, { k: 5, sources })).hits);
+      }
+    }
+    const query = randomQuery();
+    // nothing to find: a tenant without vectors, a distance nothing is within, a source the tenant has no row of
+    expect(await tenant('nobody', query, 5)).toEqual([]);
+    expect(await tenant('r10', query, 5, { maxDistance: -2 })).toEqual([]);
+    expect(await tenant('r10', query, 5, { sources: ['notes'] })).toEqual([]);
+    const limit = (await bruteForceRows('r100', query, 3))[2]!.distance;
+    expect(await tenant('r100', query, 10, { perRow: true, maxDistance: limit })).toEqual(await bruteForceRows('r100', query, 10, limit));
+    // what the general path refuses is refused the same way
+    await expect(tenant('r10', query.slice(1), 5)).rejects.toMatchObject({ code: 'RG041' });
+    await expect(tenant('r10', query, 5, { sources: ['nowhere'] })).rejects.toMatchObject({ message: expect.stringContaining("unknown source 'nowhere'") });
+    // an empty answer inside a transaction leaves its tenant as it was, too
+    const client = await app.pool.connect();
+    try {
+      await client.query('begin');
+      await client.query(`select regen.set_tenant('r10')`);
+      expect((await client.query(`select * from regen.search_tenant('nobody', $1::vector, 5)`, [vectorText(query)])).rows).toEqual([]);
+      expect((await client.query('select regen.current_tenant() as t')).rows[0].t).toBe('r10');
+      await client.query('commit');
+    } finally {
+      client.release();
+    }
+  });
 });
