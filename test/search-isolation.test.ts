@@ -201,7 +201,7 @@ describe('isolation: an application role gets its tenant\'s rows, and nothing el
       'regen._exact_rows(vector,integer,integer,integer[],text,text,double precision)',
       'regen._policy_tenant()', 'regen._search(vector,integer,text[],text,double precision,boolean)',
       'regen._search_scope(text[],text)', 'regen._search_setting(text,integer,integer,integer)',
-      'regen._small_scope(text,integer,text[],text)', 'regen._transaction_marker()', 'regen.current_tenant()', 'regen.preprocess(text,jsonb)', 'regen.search_input(text,text[],text)',
+      'regen._small_scope(text,integer,text[],text)', 'regen._small_tenant(text,integer,integer[])', 'regen._transaction_marker()', 'regen.current_tenant()', 'regen.preprocess(text,jsonb)', 'regen.search_input(text,text[],text)',
       'regen.search_rows(vector,integer,text[],text,double precision)', 'regen.search_scoped(vector,integer,text[],text,double precision)',
       'regen.search_tenant(text,vector,integer,text[],text,double precision,boolean)', 'regen.set_tenant(text)',
     ]);

@@ -5,7 +5,7 @@ import { mulberry32 } from '../src/prng.ts';
 import { buildVersionIndexes } from '../src/versions.ts';
 import { freshDatabase, keepOnFailure, type TestDatabase } from './support/db.ts';
 import { vectorOf } from './support/fixtures.ts';
-import { bruteForce, createRole, embedWith, expectExactTopK, expectSorted, gaussian, hnswIndexOf, keyOf, searchAs, trueDistances, type TestRole } from './support/search.ts';
+import { bruteForce, createRole, embedWith, expectExactTopK, expectSorted, gaussian, hnswIndexOf, keyOf, searchAs, trueDistances, vectorText, type TestRole } from './support/search.ts';
 
 const SEED = 20260611;
 
@@ -124,5 +124,36 @@ describe('versions: a search reads one version, the active one or the one named'
       const { hits } = await searchAs(app.pool, 'a', q12, { k: 10, ...args });
       expectExactTopK(hits, await bruteForce(db, notesScope, q12, 15), 10, JSON.stringify(args));
     }
+  });
+
+  it('search_tenant without sources or a version reads the active version as the catalog has it now: cutover, rollback, a second source', async () => {
+    const client = await db.pool.connect();   // the owner, in a transaction rolled back: the other tests keep their versions
+    const tenantSearch = async (query: number[]) => (await client.query<{ row_id: string; version_searched: string }>(
+      `select row_id, version_searched from regen.search_tenant('a', $1::vector, 1)`, [vectorText(query)])).rows;
+    const defaultScope = async () => (await client.query(`select tag, source_ids from regen._default_scope`)).rows;
+    try {
+      await client.query('begin');
+      // docs on v1@8 and notes on v3@12: no default scope, and the search refuses as search_scoped does
+      expect(await defaultScope()).toEqual([]);
+      await client.query('savepoint refused');
+      await expect(tenantSearch(v1('doc 4'))).rejects.toMatchObject({ code: 'RG042' });
+      await client.query('rollback to savepoint refused');
+      await client.query(`select regen.unregister_source('notes')`);
+      const docs = (await client.query(`select id from regen._sources where name = 'docs'`)).rows[0].id;
+      expect(await defaultScope()).toEqual([{ tag: 'v1@8', source_ids: [docs] }]);
+      expect(await tenantSearch(v1('doc 4'))).toEqual([{ row_id: '4', version_searched: 'v1@8' }]);
+      await client.query(`select regen.cutover('docs', 'v2@8', force => true, reason => 'test')`);
+      expect(await defaultScope()).toEqual([{ tag: 'v2@8', source_ids: [docs] }]);
+      expect(await tenantSearch(v2('doc 8'))).toEqual([{ row_id: '8', version_searched: 'v2@8' }]);
+      await client.query(`select regen.rollback('docs')`);
+      expect(await tenantSearch(v1('doc 4'))).toEqual([{ row_id: '4', version_searched: 'v1@8' }]);
+      // a version's distance changed in place: the scope follows it
+      await client.query(`update regen._versions set settings = settings || '{"distance": "l2"}' where tag = 'v1@8'`);
+      expect((await client.query(`select distance from regen._default_scope`)).rows).toEqual([{ distance: 'l2' }]);
+    } finally {
+      await client.query('rollback');
+      client.release();
+    }
+    expect((await db.query(`select count(*)::int as n from regen._default_scope`)).rows[0].n).toBe(0);
   });
 });
