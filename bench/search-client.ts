@@ -41,7 +41,8 @@ export async function run(options: BenchOptions): Promise<BenchReport> {
 }
 
 type Size = (typeof SIZES)['full'] | (typeof SIZES)['quick'];
-type Method = 'naive' | 'naive, binary' | 'search()' | 'search(), rows' | 'naive, prepared' | 'search(), prepared';
+type Method = 'naive' | 'naive, binary' | 'search()' | 'search(), rows' | 'naive, prepared' | 'search(), prepared'
+  | 'floor: call only' | 'floor: bare search';
 
 async function measure(url: string, size: Size, origin: string, log: (line: string) => void): Promise<BenchReport> {
   const owner = new pg.Client({ connectionString: url, application_name: 'pgregen bench search-client (owner)' });
@@ -99,6 +100,7 @@ async function measure(url: string, size: Size, origin: string, log: (line: stri
     await owner.query('analyze regen._embeddings');
     await owner.query(`create role ${role} login`);
     await owner.query('select regen.grant_app($1)', [role]);
+    await createFloors(owner, role);
     const appUrl = new URL(url);
     appUrl.username = role;
     app = new pg.Pool({ connectionString: appUrl.toString(), max: 1 });
@@ -111,11 +113,18 @@ async function measure(url: string, size: Size, origin: string, log: (line: stri
       method === 'naive, prepared' ? { name: 'naive', text: NAIVE, values: [tenant, pgvector.toSql(query)] }
         : { text: NAIVE, values: [tenant, method === 'naive, binary' ? vectorBinary(query) : pgvector.toSql(query)] },
     )).rows.map((r) => String(r.id));
+    // the version is not named: the search most applications make (the active version)
     const ours = async (method: Method, tenant: string, query: number[]) =>
-      (await search({ pool: app!, prepare: method === 'search(), prepared' }, query, { tenant, k: K, version: TAG, rows: method === 'search(), rows' }))
+      (await search({ pool: app!, prepare: method === 'search(), prepared' }, query, { tenant, k: K, rows: method === 'search(), rows' }))
         .map((h) => h.rowId);
+    // the floors, called as search() calls regen.search_tenant (one unnamed statement, the vector in binary)
+    const floor = async (method: Method, tenant: string, query: number[]) => (await app!.query<{ row_id: string }>({
+      text: `select * from bench_floor_${method === 'floor: call only' ? 'call' : 'search'}($1::text, $2, $3::integer, $4::text[], $5::text, $6::float8, $7::boolean)`,
+      values: [tenant, vectorBinary(query), K, null, null, null, false],
+    })).rows.map((r) => r.row_id);
 
-    const methods: Method[] = ['naive', 'naive, binary', 'search()', 'search(), rows', 'naive, prepared', 'search(), prepared'];
+    const methods: Method[] = ['naive', 'naive, binary', 'search()', 'search(), rows', 'naive, prepared', 'search(), prepared',
+      'floor: call only', 'floor: bare search'];
     const samples = new Map<string, number[]>();
     let compared = 0;
     for (const n of size.sizes) {
@@ -128,7 +137,8 @@ async function measure(url: string, size: Size, origin: string, log: (line: stri
         const answers = new Map<Method, string[]>();
         for (const method of order) {
           const started = performance.now();
-          answers.set(method, method.startsWith('naive') ? await naiveSearch(method, tenant.name, query) : await ours(method, tenant.name, query));
+          answers.set(method, method.startsWith('naive') ? await naiveSearch(method, tenant.name, query)
+            : method.startsWith('floor') ? await floor(method, tenant.name, query) : await ours(method, tenant.name, query));
           const ms = performance.now() - started;
           if (q >= size.warmup) {
             const key = `${n}/${method}`;
@@ -138,7 +148,7 @@ async function measure(url: string, size: Size, origin: string, log: (line: stri
         // the same rows (single-chunk rows: chunks and rows agree), exact on both sides
         const expected = answers.get('naive')!;
         check(expected.length === Math.min(K, n), `naive answered ${expected.length} rows for a tenant of ${n}`);
-        for (const method of methods) {
+        for (const method of methods.filter((m) => m !== 'floor: call only')) {
           check(JSON.stringify(answers.get(method)) === JSON.stringify(expected),
             `${method} and the naive query disagree for ${tenant.name}: ${answers.get(method)} vs ${expected}`);
         }
@@ -147,6 +157,7 @@ async function measure(url: string, size: Size, origin: string, log: (line: stri
     }
 
     const rows: string[][] = [];
+    const floorRows: string[][] = [];
     const targets = [];
     const figures: Record<string, number> = {};
     for (const n of size.sizes) {
@@ -159,6 +170,10 @@ async function measure(url: string, size: Size, origin: string, log: (line: stri
         fmtMs(p('search(), rows', 50)), fmtMs(p('search(), rows', 99)), `${ratio.toFixed(2)}×`, `${rowsRatio.toFixed(2)}×`,
         fmtMs(p('naive, binary', 50)), `${binaryRatio.toFixed(2)}×`,
         fmtMs(p('naive, prepared', 50)), fmtMs(p('search(), prepared', 50)), `${preparedRatio.toFixed(2)}×`]);
+      const vsBinary = (method: Method) => `${fmtMs(p(method, 50))} (${(p(method, 50) / p('naive, binary', 50)).toFixed(2)}×)`;
+      floorRows.push([fmtInt(n), fmtMs(p('naive, binary', 50)), vsBinary('floor: call only'), vsBinary('floor: bare search'), vsBinary('search()')]);
+      figures[`p50_ratio_floor_call_${n}`] = p('floor: call only', 50) / p('naive, binary', 50);
+      figures[`p50_ratio_floor_search_${n}`] = p('floor: bare search', 50) / p('naive, binary', 50);
       figures[`p50_ratio_binary_${n}`] = binaryRatio;
       figures[`p50_ratio_prepared_${n}`] = preparedRatio;
       figures[`p50_ratio_${n}`] = ratio;
@@ -182,23 +197,32 @@ async function measure(url: string, size: Size, origin: string, log: (line: stri
         'naive binary p50', 'search() / naive binary, p50', 'naive prepared p50', 'search() prepared p50', 'prepared / prepared, p50'],
       rows,
       notes: [
-        `Each query ran through all six, in alternating order, on one connection each (the application role for search(), the owner for the naive statement); ${fmtInt(compared)} queries compared, each returning the same ${K} rows from every side.`,
+        `Each query ran through all six (and the two floors below), in alternating order, on one connection each (the application role for search(), the owner for the naive statement); ${fmtInt(compared)} queries compared, each returning the same ${K} rows from every side.`,
         'naive and search(): as node-postgres sends a query by default (an unnamed statement, parsed every time); prepared: a named prepared statement for the naive query, and search() with { prepare: true } (one parse per connection).',
         'The vector: search() sends it in pgvector\'s binary format (src/vector-binary.ts: a Buffer, which node-postgres sends in binary); naive and naive prepared as pgvector.toSql() formats it (text), naive binary as search() does. At 1,536 dimensions the text costs the client its formatting and the server its parsing.',
         'search() is one round trip here: one statement, regen.search_tenant, which sets the tenant for itself, then searches under row-level security. With a text instead of an embedding, search() adds one round trip (regen.search_input: the version and the text as it preprocesses it) and the provider\'s call.',
+      ],
+    };
+    const floors: Table = {
+      title: 'Where the time goes, against the naive statement with its vector in binary (p50, ms, and the ratio to it)',
+      headers: ['vectors in the tenant', 'naive binary', 'floor: call only', 'floor: bare search', 'search()'],
+      rows: floorRows,
+      notes: [
+        'The floors are plpgsql functions of regen.search_tenant\'s signature and settings, called as search() calls it (one unnamed statement, the vector in binary), by the application role, in the same interleaved rounds.',
+        '"call only" returns nothing: what calling a function in one statement costs. "bare search" sets the tenant as regen.set_tenant does, runs the exact search of the store with the version and the source as constants (row-level security applies), and restores the tenant: the least a one-statement search under row-level security costs. It leaves out the scope (active version, sources, distance, size), the exact path\'s size bound, rows moved out of the tenant and not yet applied, and the argument checks, which search_tenant needs to be right for every caller.',
       ],
     };
     return {
       title: 'P. search() in one round trip against the naive single statement',
       setup: [
         `source table docs (id bigint primary key, tenant text, body text, embedding vector(${size.dimensions})), a b-tree on tenant; ${fmtInt(total)} rows in ${tenants.length} tenants (${size.tenantsPerSize} of each size ${size.sizes.filter((n) => n < 10_000).map(fmtInt).join(', ')}${size.sizes.includes(10_000) ? ', and one of 10,000' : ''}), vectors seeded per row`,
-        `pgregen: the table registered as source docs (version ${TAG}, cosine), the same vectors in regen._embeddings (loaded the fast way, as the owner), the version's HNSW index built afterwards; searched as a role given regen.grant_app`,
+        `pgregen: the table registered as source docs (version ${TAG}, cosine), the same vectors in regen._embeddings (loaded the fast way, as the owner), the version's HNSW index built afterwards; searched as a role given regen.grant_app, naming neither a version nor sources (the active version: regen._default_scope)`,
         'naive: select id from docs where tenant = $1 order by embedding <=> $2 limit 10 (exact: the b-tree, then a sort), as the owner',
         `docs after loading: heap ${storage!.heap}, TOAST ${storage!.toast} (vectors over about 2 kB go out of line with pgvector's default storage; regen._embeddings keeps them inline)`,
         `queries: a seeded random vector each, ${size.warmup} warm-up per size, then ${size.queries} timed per method`,
         `database: ${origin}`,
       ],
-      tables: [latency, renderTargets(targets)],
+      tables: [latency, floors, renderTargets(targets)],
       targets,
       figures,
       server: info,
@@ -210,4 +234,42 @@ async function measure(url: string, size: Size, origin: string, log: (line: stri
     await owner.query(`drop role if exists ${role}`).catch(() => {});
     await owner.end();
   }
+}
+
+// Two floors, to tell what any one-statement search under row-level security costs from what
+// regen.search_tenant adds: plpgsql functions of search_tenant's signature and settings, called as
+// search() calls it. "call only" returns nothing: the cost of calling a function in one statement.
+// "bare search" does the least such a search can: sets the tenant as regen.set_tenant does (the
+// setting and the transaction marker that row-level security reads), runs the exact search of the
+// version's store with the version and the source as constants, restores the tenant. It leaves out
+// what search_tenant must do to be right for every caller: the scope (the active version, its
+// sources, distance and size), the size bound of the exact path, rows moved out of the tenant but
+// not yet applied, and the argument checks.
+async function createFloors(owner: pg.Client, role: string): Promise<void> {
+  const { rows: [scope] } = await owner.query<{ version_id: number; source: string; vector_schema: string }>(
+    `select sc.version_id, s.name as source, e.extnamespace::regnamespace::text as vector_schema
+       from regen._default_scope sc, regen._sources s, pg_extension e
+      where s.id = sc.source_ids[1] and e.extname = 'vector'`);
+  const signature = `(tenant text, query vector, k integer default 10, sources text[] default null, version text default null,
+                      max_distance double precision default null, per_row boolean default false)
+    returns table (source text, row_id text, chunk_no integer, distance double precision, version_searched text)
+    language plpgsql volatile security invoker
+    set plan_cache_mode = force_generic_plan set search_path = pg_catalog, regen, ${scope!.vector_schema}, pg_temp`;
+  await owner.query(`create function bench_floor_call${signature} as $$ begin return; end $$`);
+  await owner.query(`create function bench_floor_search${signature} as $$
+    declare
+      v_set text;
+    begin
+      v_set := set_config('regen.tenant_id', tenant, true);
+      v_set := set_config('regen.tenant_marker', regen._transaction_marker(), true);
+      return query
+        select ${pg.escapeLiteral(scope!.source)}::text, e.row_id, e.chunk_no, (e.embedding <=> query)::float8, ${pg.escapeLiteral(TAG)}::text
+        from regen._embeddings e
+        where e.version_id = ${Number(scope!.version_id)} and e.tenant = bench_floor_search.tenant
+        order by e.embedding <=> query
+        limit k;
+      v_set := set_config('regen.tenant_id', '', true);
+      v_set := set_config('regen.tenant_marker', '', true);
+    end $$`);
+  await owner.query(`grant execute on function bench_floor_call, bench_floor_search to ${role}`);
 }
