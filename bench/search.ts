@@ -209,7 +209,9 @@ async function buildStore(owner: pg.Client, corpus: Corpus, log: (line: string) 
 
 /** What the two paths and the naive query will run with, read back from the server and the function. */
 async function sessionSettings(owner: pg.Client, ours: pg.Client, naive: pg.Client): Promise<Settings> {
-  const { rows: [fn] } = await owner.query<{ src: string }>(`select prosrc as src from pg_proc where oid = 'regen.search_scoped'::regproc`);
+  // the defaults are in the function behind search_scoped and search_rows
+  const { rows: [fn] } = await owner.query<{ src: string }>(
+    `select prosrc as src from pg_proc where pronamespace = 'regen'::regnamespace and proname = '_search'`);
   const fallback = (name: string) => Number(new RegExp(`_search_setting\\('${name.replace('.', '\\.')}',\\s*(\\d+)`).exec(fn!.src)?.[1]);
   const { rows: [set] } = await ours.query<{ exact: string | null }>(`select nullif(current_setting('regen.search_exact_max_rows', true), '') as exact`);
   // pgvector defines its settings when its library loads, on the first use of a vector in the session.
@@ -217,7 +219,7 @@ async function sessionSettings(owner: pg.Client, ours: pg.Client, naive: pg.Clie
   const { rows: [n] } = await naive.query<{ ef: string; iterative: string; buffers: string }>(
     `select current_setting('hnsw.ef_search') as ef, current_setting('hnsw.iterative_scan') as iterative, current_setting('shared_buffers') as buffers`);
   const exactDefault = fallback('regen.search_exact_max_rows');
-  check(Number.isFinite(exactDefault), 'could not read the default of regen.search_exact_max_rows from regen.search_scoped');
+  check(Number.isFinite(exactDefault), 'could not read the default of regen.search_exact_max_rows from regen._search');
   return {
     exactMax: set!.exact ? Number(set!.exact) : exactDefault,
     exactMaxSource: set!.exact ? `set for this run (default ${fmtInt(exactDefault)})` : 'the default',
