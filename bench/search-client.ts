@@ -17,8 +17,10 @@ import {
 
 const SIZES = {
   // tenants of each size; the 10,000-vector tenant is above the target's range, reported for scale
-  full: { dimensions: 1536, tenantsPerSize: 10, sizes: [1, 10, 100, 1_000, 10_000], queries: 300, warmup: 30 },
-  quick: { dimensions: 64, tenantsPerSize: 3, sizes: [1, 10, 100, 1_000], queries: 40, warmup: 5 },
+  // queries per method and tenant size: more where a search takes a fraction of a millisecond, so
+  // that the p50 of each holds still between runs
+  full: { dimensions: 1536, tenantsPerSize: 10, sizes: [1, 10, 100, 1_000, 10_000], queries: [3_000, 3_000, 1_000, 300, 300], warmup: 30 },
+  quick: { dimensions: 64, tenantsPerSize: 3, sizes: [1, 10, 100, 1_000], queries: [40, 40, 40, 40], warmup: 5 },
 };
 const K = 10;
 const TAG = 'bench@1';
@@ -48,8 +50,9 @@ async function measure(url: string, size: Size, origin: string, log: (line: stri
   const owner = new pg.Client({ connectionString: url, application_name: 'pgregen bench search-client (owner)' });
   await owner.connect();
   const role = `pgregen_bench_app_${Math.random().toString(16).slice(2, 10)}`;
-  let app: pg.Pool | undefined;
-  let naive: pg.Pool | undefined;
+  // one connection per method, so that each waits as long between its own calls as the others
+  // do (a connection just used answers faster than one that sat idle while others ran)
+  const pools = new Map<Method, pg.Pool>();
   try {
     const info = await serverInfo(owner);
     // tenants t<size>_<n>; rows numbered in tenant order; each row's vector seeded by its id
@@ -103,34 +106,37 @@ async function measure(url: string, size: Size, origin: string, log: (line: stri
     await createFloors(owner, role);
     const appUrl = new URL(url);
     appUrl.username = role;
-    app = new pg.Pool({ connectionString: appUrl.toString(), max: 1 });
-    naive = new pg.Pool({ connectionString: url, max: 1 });
+    const pool = (method: Method) => pools.get(method)!;
 
     // as node-postgres sends a query by default (unnamed: parsed each time, the vector as pgvector's
     // text), with the vector in binary as search() sends it, and as a named prepared statement
     const NAIVE = 'select id from docs where tenant = $1 order by embedding <=> $2 limit 10';
-    const naiveSearch = async (method: Method, tenant: string, query: number[]) => (await naive!.query<{ id: string }>(
+    const naiveSearch = async (method: Method, tenant: string, query: number[]) => (await pool(method).query<{ id: string }>(
       method === 'naive, prepared' ? { name: 'naive', text: NAIVE, values: [tenant, pgvector.toSql(query)] }
         : { text: NAIVE, values: [tenant, method === 'naive, binary' ? vectorBinary(query) : pgvector.toSql(query)] },
     )).rows.map((r) => String(r.id));
     // the version is not named: the search most applications make (the active version)
     const ours = async (method: Method, tenant: string, query: number[]) =>
-      (await search({ pool: app!, prepare: method === 'search(), prepared' }, query, { tenant, k: K, rows: method === 'search(), rows' }))
+      (await search({ pool: pool(method), prepare: method === 'search(), prepared' }, query, { tenant, k: K, rows: method === 'search(), rows' }))
         .map((h) => h.rowId);
     // the floors, called as search() calls regen.search_tenant (one unnamed statement, the vector in binary)
-    const floor = async (method: Method, tenant: string, query: number[]) => (await app!.query<{ row_id: string }>({
+    const floor = async (method: Method, tenant: string, query: number[]) => (await pool(method).query<{ row_id: string }>({
       text: `select * from bench_floor_${method === 'floor: call only' ? 'call' : 'search'}($1::text, $2, $3::integer, $4::text[], $5::text, $6::float8, $7::boolean)`,
       values: [tenant, vectorBinary(query), K, null, null, null, false],
     })).rows.map((r) => r.row_id);
 
     const methods: Method[] = ['naive', 'naive, binary', 'search()', 'search(), rows', 'naive, prepared', 'search(), prepared',
       'floor: call only', 'floor: bare search'];
+    for (const method of methods) {
+      pools.set(method, new pg.Pool({ connectionString: method.startsWith('naive') ? url : appUrl.toString(), max: 1 }));
+    }
     const samples = new Map<string, number[]>();
     let compared = 0;
-    for (const n of size.sizes) {
+    for (const [at, n] of size.sizes.entries()) {
       const group = tenants.filter((t) => t.size === n);
-      log(`tenants of ${fmtInt(n)} vectors: ${size.queries} queries per method`);
-      for (let q = 0; q < size.warmup + size.queries; q++) {
+      const queries = size.queries[at]!;
+      log(`tenants of ${fmtInt(n)} vectors: ${queries} queries per method`);
+      for (let q = 0; q < size.warmup + queries; q++) {
         const tenant = group[q % group.length]!;
         const query = Array.from(seededVector(1_000_000 + q * 7 + n, size.dimensions));
         const order = q % 2 === 0 ? methods : [...methods].reverse();   // alternate who goes first
@@ -142,7 +148,8 @@ async function measure(url: string, size: Size, origin: string, log: (line: stri
           const ms = performance.now() - started;
           if (q >= size.warmup) {
             const key = `${n}/${method}`;
-            samples.set(key, [...(samples.get(key) ?? []), ms]);
+            if (!samples.has(key)) samples.set(key, []);
+            samples.get(key)!.push(ms);
           }
         }
         // the same rows (single-chunk rows: chunks and rows agree), exact on both sides
@@ -166,7 +173,7 @@ async function measure(url: string, size: Size, origin: string, log: (line: stri
       const rowsRatio = p('search(), rows', 50) / p('naive', 50);
       const preparedRatio = p('search(), prepared', 50) / p('naive, prepared', 50);
       const binaryRatio = p('search()', 50) / p('naive, binary', 50);
-      rows.push([fmtInt(n), fmtInt(size.queries), fmtMs(p('naive', 50)), fmtMs(p('naive', 99)), fmtMs(p('search()', 50)), fmtMs(p('search()', 99)),
+      rows.push([fmtInt(n), fmtInt(size.queries[size.sizes.indexOf(n)]!), fmtMs(p('naive', 50)), fmtMs(p('naive', 99)), fmtMs(p('search()', 50)), fmtMs(p('search()', 99)),
         fmtMs(p('search(), rows', 50)), fmtMs(p('search(), rows', 99)), `${ratio.toFixed(2)}×`, `${rowsRatio.toFixed(2)}×`,
         fmtMs(p('naive, binary', 50)), `${binaryRatio.toFixed(2)}×`,
         fmtMs(p('naive, prepared', 50)), fmtMs(p('search(), prepared', 50)), `${preparedRatio.toFixed(2)}×`]);
@@ -197,7 +204,7 @@ async function measure(url: string, size: Size, origin: string, log: (line: stri
         'naive binary p50', 'search() / naive binary, p50', 'naive prepared p50', 'search() prepared p50', 'prepared / prepared, p50'],
       rows,
       notes: [
-        `Each query ran through all six (and the two floors below), in alternating order, on one connection each (the application role for search(), the owner for the naive statement); ${fmtInt(compared)} queries compared, each returning the same ${K} rows from every side.`,
+        `Each query ran through all six (and the two floors below), in alternating order, each method on a connection of its own (the application role for search() and the floors, the owner for the naive statement), so that each sits idle as long between its calls; ${fmtInt(compared)} queries compared, each returning the same ${K} rows from every side.`,
         'naive and search(): as node-postgres sends a query by default (an unnamed statement, parsed every time); prepared: a named prepared statement for the naive query, and search() with { prepare: true } (one parse per connection).',
         'The vector: search() sends it in pgvector\'s binary format (src/vector-binary.ts: a Buffer, which node-postgres sends in binary); naive and naive prepared as pgvector.toSql() formats it (text), naive binary as search() does. At 1,536 dimensions the text costs the client its formatting and the server its parsing.',
         'search() is one round trip here: one statement, regen.search_tenant, which sets the tenant for itself, then searches under row-level security. With a text instead of an embedding, search() adds one round trip (regen.search_input: the version and the text as it preprocesses it) and the provider\'s call.',
@@ -219,7 +226,7 @@ async function measure(url: string, size: Size, origin: string, log: (line: stri
         `pgregen: the table registered as source docs (version ${TAG}, cosine), the same vectors in regen._embeddings (loaded the fast way, as the owner), the version's HNSW index built afterwards; searched as a role given regen.grant_app, naming neither a version nor sources (the active version: regen._default_scope)`,
         'naive: select id from docs where tenant = $1 order by embedding <=> $2 limit 10 (exact: the b-tree, then a sort), as the owner',
         `docs after loading: heap ${storage!.heap}, TOAST ${storage!.toast} (vectors over about 2 kB go out of line with pgvector's default storage; regen._embeddings keeps them inline)`,
-        `queries: a seeded random vector each, ${size.warmup} warm-up per size, then ${size.queries} timed per method`,
+        `queries: a seeded random vector each, ${size.warmup} warm-up per size, then ${size.sizes.map((n, i) => `${fmtInt(size.queries[i]!)} for tenants of ${fmtInt(n)}`).join(', ')}, timed per method`,
         `database: ${origin}`,
       ],
       tables: [latency, floors, renderTargets(targets)],
@@ -228,8 +235,7 @@ async function measure(url: string, size: Size, origin: string, log: (line: stri
       server: info,
     };
   } finally {
-    await app?.end();
-    await naive?.end();
+    for (const p of pools.values()) await p.end();
     await owner.query(`drop owned by ${role}`).catch(() => {});
     await owner.query(`drop role if exists ${role}`).catch(() => {});
     await owner.end();
