@@ -260,7 +260,7 @@ async function createFloors(owner: pg.Client, role: string): Promise<void> {
                       max_distance double precision default null, per_row boolean default false)
     returns table (source text, row_id text, chunk_no integer, distance double precision, version_searched text)
     language plpgsql volatile security invoker
-    set plan_cache_mode = force_generic_plan set search_path = pg_catalog, regen, ${scope!.vector_schema}, pg_temp`;
+    set plan_cache_mode = force_generic_plan set jit = off set search_path = pg_catalog, regen, ${scope!.vector_schema}, pg_temp`;
   await owner.query(`create function bench_floor_call${signature} as $$ begin return; end $$`);
   await owner.query(`create function bench_floor_search${signature} as $$
     declare
