@@ -167,13 +167,13 @@ async function measure(url: string, size: Size, origin: string, log: (line: stri
     const floorRows: string[][] = [];
     const targets = [];
     const figures: Record<string, number> = {};
-    for (const n of size.sizes) {
+    for (const [at, n] of size.sizes.entries()) {
       const p = (method: Method, pct: number) => percentile(samples.get(`${n}/${method}`)!, pct);
       const ratio = p('search()', 50) / p('naive', 50);
       const rowsRatio = p('search(), rows', 50) / p('naive', 50);
       const preparedRatio = p('search(), prepared', 50) / p('naive, prepared', 50);
       const binaryRatio = p('search()', 50) / p('naive, binary', 50);
-      rows.push([fmtInt(n), fmtInt(size.queries[size.sizes.indexOf(n)]!), fmtMs(p('naive', 50)), fmtMs(p('naive', 99)), fmtMs(p('search()', 50)), fmtMs(p('search()', 99)),
+      rows.push([fmtInt(n), fmtInt(size.queries[at]!), fmtMs(p('naive', 50)), fmtMs(p('naive', 99)), fmtMs(p('search()', 50)), fmtMs(p('search()', 99)),
         fmtMs(p('search(), rows', 50)), fmtMs(p('search(), rows', 99)), `${ratio.toFixed(2)}×`, `${rowsRatio.toFixed(2)}×`,
         fmtMs(p('naive, binary', 50)), `${binaryRatio.toFixed(2)}×`,
         fmtMs(p('naive, prepared', 50)), fmtMs(p('search(), prepared', 50)), `${preparedRatio.toFixed(2)}×`]);

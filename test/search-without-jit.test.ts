@@ -57,8 +57,8 @@ describe('search plans without JIT', () => {
         set jit = on; set jit_above_cost = 0; set jit_inline_above_cost = 0; set jit_optimize_above_cost = 0`);
       await client.query(`set role ${app.name}`);
       const query = vectorText(vectorOf('doc 4', DIMS));
-      // the one-statement path (the active version, and a version named), the general path (sources
-      // named as a list the fast path accepts, then a threshold it leaves to the general path)
+      // search_tenant's one-statement path (the active version, then a version named, in rows), and
+      // the general path (regen._search, behind search_scoped and search_rows)
       await client.query(`select * from regen.search_tenant('a', $1, 5)`, [query]);
       await client.query(`select * from regen.search_tenant('a', $1, 5, version => 'v1@8', per_row => true)`, [query]);
       await client.query('begin');
