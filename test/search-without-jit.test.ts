@@ -4,6 +4,7 @@
 // the plans of the statements the search functions run (auto_explain, nested statements).
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { install } from '../src/install.ts';
 import { freshDatabase, keepOnFailure, type TestDatabase } from './support/db.ts';
 import { vectorOf } from './support/fixtures.ts';
 import { createRole, embedWith, vectorText, type TestRole } from './support/search.ts';
@@ -37,6 +38,19 @@ describe('search plans without JIT', () => {
     // the two that run every search statement are among them
     expect(rows.map((r) => r.fn.replace(/\(.*/, ''))).toEqual(expect.arrayContaining(['regen._search', 'regen.search_tenant']));
     for (const row of rows) expect(row.config, row.fn).toContain('jit=off');
+  });
+
+  it('a search function restated without jit = off gets it back when pgregen install runs again', async () => {
+    // as a later migration's `create or replace` would leave it: the SET list as written, no jit
+    const signature = 'regen.search_tenant(text, vector, integer, text[], text, double precision, boolean)';
+    await db.query(`alter function ${signature} reset jit`);
+    const config = async () => (await db.query<{ config: string[] }>(
+      `select proconfig as config from pg_proc where oid = '${signature}'::regprocedure`)).rows[0]!.config;
+    expect(await config()).not.toContain('jit=off');
+    const result = await install({ connectionString: db.url });
+    expect(result.applied).toEqual([]);
+    expect(await config()).toContain('jit=off');
+    expect(await config()).toContain('plan_cache_mode=force_generic_plan');
   });
 
   it('with JIT forced on for every statement, no statement a search runs is compiled', async () => {
