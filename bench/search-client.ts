@@ -3,7 +3,9 @@
 // regen.search_scoped or regen.search_rows), against the naive single statement an application
 // would otherwise run on a table of its own (`where tenant = $1 order by embedding <=> $2 limit 10`,
 // a b-tree on tenant), on the same vectors, interleaved in one run, per tenant size. Both answers
-// are exact at these sizes; the benchmark checks that they name the same rows.
+// are exact at these sizes; the benchmark checks that they name the same rows. Last, with the
+// application's edits piled up in the change log (no worker running), search() again beside the
+// naive statement, for the two largest sizes.
 //
 //   npm run bench -- --only search-client [--quick]
 import pg from 'pg';
@@ -286,8 +288,8 @@ async function createFloors(owner: pg.Client, role: string): Promise<void> {
 // With changes pending: the application edits every row EDITS times and deletes one row in 100
 // while no worker runs (a bulk edit while the worker is away), so the change log holds them all.
 // search() must leave out the deleted rows at once (regen._moved_rows), and for every row it ranks
-// exactly it probes the log's index on (source_id, row_id), which now holds every pending change of
-// that row. Measured against the naive statement on the same rows, interleaved; the answers must
+// exactly it probes the log's index on (source_id, row_id), which then holds every pending change
+// of that row. Measured against the naive statement on the same rows, interleaved; the answers must
 // still agree (the naive statement no longer sees the deleted rows either).
 const EDITS = 14;
 
