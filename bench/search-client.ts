@@ -13,7 +13,7 @@ import pgvector from 'pgvector';
 import { search } from '../src/search.ts';
 import { vectorBinary } from '../src/vector-binary.ts';
 import {
-  check, fmtInt, fmtMs, openServer, percentile, renderTargets, seededVector, serverInfo,
+  check, fmtInt, fmtMs, openServer, percentile, renderTargets, seededVector, serverInfo, timed,
   type BenchOptions, type BenchReport, type Table,
 } from './support.ts';
 
@@ -309,15 +309,15 @@ async function measureBacklog(owner: pg.Client, tenants: Array<{ name: string; s
   const queries = (n: number) => (n >= 10_000 ? 30 : n >= 1_000 ? 100 : 200);
   const samples = new Map<string, number[]>();
   const add = (key: string, ms: number) => { if (!samples.has(key)) samples.set(key, []); samples.get(key)!.push(ms); };
-  const timed = async (work: () => Promise<string[]>) => { const t0 = performance.now(); const ids = await work(); return { ids, ms: performance.now() - t0 }; };
+  const answer = async (work: () => Promise<string[]>) => { let ids: string[] = []; const ms = await timed(async () => { ids = await work(); }); return { ids, ms }; };
   for (const n of sizes) {
     const group = tenants.filter((t) => t.size === n);
     for (let q = 0; q < queries(n) + 2; q++) {
       const tenant = group[q % group.length]!.name;
       const query = Array.from(seededVector(2_000_000 + q * 7 + n, size.dimensions));
-      const a = q % 2 === 0 ? await timed(() => naive(tenant, query)) : undefined;
-      const b = await timed(() => ours(tenant, query));
-      const c = a ?? await timed(() => naive(tenant, query));
+      const a = q % 2 === 0 ? await answer(() => naive(tenant, query)) : undefined;
+      const b = await answer(() => ours(tenant, query));
+      const c = a ?? await answer(() => naive(tenant, query));
       check(JSON.stringify(b.ids) === JSON.stringify(c.ids), `with changes pending, search() and the naive query disagree for ${tenant}: ${b.ids} vs ${c.ids}`);
       if (q < 2) continue;   // the first queries plan again (the log was analyzed)
       add(`${n}/naive`, c.ms);

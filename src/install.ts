@@ -189,6 +189,8 @@ export async function install(options: InstallOptions = {}): Promise<InstallResu
         // Functions that name pgvector's types and functions find them in pgvector's schema, wherever
         // it is now (after alter extension vector set schema, too) and whatever the caller's search_path.
         await callIfPresent(client, 'regen._pin_search_paths()');
+        // Functions that keep generic plans plan them without JIT (sql/0040), whatever a file restated.
+        await callIfPresent(client, 'regen._pin_plans_without_jit()');
       } catch (err) {
         throw new PgregenError(`installing the schema failed: ${(err as Error).message}`,
           'nothing of the failed migration was kept; fix the cause and run pgregen install again');
